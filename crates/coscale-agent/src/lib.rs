@@ -1,0 +1,1 @@
+//! coscale-agent (work in progress).

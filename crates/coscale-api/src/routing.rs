@@ -1,0 +1,57 @@
+//! The routing table: which server replicas can take traffic for each model.
+//!
+//! The control plane computes it from placement and replica states and publishes a
+//! new immutable table whenever it changes; routers only read it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One server replica that has a version of a model available.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Server name.
+    pub server: String,
+    /// Replica ordinal within the server.
+    pub replica: u32,
+    /// The model version loaded there.
+    pub version: u32,
+    /// The agent's V2 REST listener.
+    pub http: SocketAddr,
+    /// The agent's V2 gRPC listener.
+    pub grpc: SocketAddr,
+}
+
+impl Endpoint {
+    /// The name the agent knows the loaded model by: `<model>_<version>`.
+    pub fn internal_name(&self, model: &str) -> String {
+        internal_model_name(model, self.version)
+    }
+}
+
+/// `<model>_<version>`, the name a model version has on a server replica (Seldon's convention).
+pub fn internal_model_name(model: &str, version: u32) -> String {
+    format!("{model}_{version}")
+}
+
+/// Where one model can be served.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ModelRoute {
+    /// Replicas that can take traffic now, in a stable order. Empty means the model
+    /// exists but nothing can serve it (the router answers 503).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// The whole table, keyed by model name. A model absent from the table is unknown
+/// (the router answers 404).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RoutingTable {
+    pub models: BTreeMap<String, ModelRoute>,
+}
+
+impl RoutingTable {
+    pub fn route(&self, model: &str) -> Option<&ModelRoute> {
+        self.models.get(model)
+    }
+}

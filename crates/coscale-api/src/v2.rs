@@ -1,0 +1,1 @@
+//! V2 (Open Inference Protocol) REST/JSON bodies. Filled in by the runtime work.

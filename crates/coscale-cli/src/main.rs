@@ -1,0 +1,2 @@
+//! The `coscale` command line.
+fn main() {}

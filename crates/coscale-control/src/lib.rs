@@ -1,0 +1,1 @@
+//! coscale-control (work in progress).

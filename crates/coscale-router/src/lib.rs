@@ -1,0 +1,1 @@
+//! coscale-router (work in progress).

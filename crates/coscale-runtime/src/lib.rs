@@ -1,0 +1,1 @@
+//! coscale-runtime (work in progress).
