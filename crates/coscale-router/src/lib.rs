@@ -1,1 +1,35 @@
-//! coscale-router (work in progress).
+//! coscale-router: the single inference endpoint (data-plane ingress).
+//!
+//! Clients speak Open Inference Protocol V2 over REST ([`http_app`]) or gRPC ([`grpc_service`]);
+//! the router finds the model by name (URL path / `model_name`, or the `seldon-model` header /
+//! metadata, which wins like in Seldon Core 2), picks a replica from the control plane's routing
+//! table with least outstanding requests first ([`RouterState`]), and forwards the request bytes
+//! adding `seldon-model` and `seldon-internal-model: <model>_<version>`. A replica that fails
+//! before answering is retried once on another replica.
+//!
+//! Structure: handle ([`RouterHandle`]) + tasks ([`serve`]) + synchronous state ([`RouterState`]).
+//! Depends on coscale-api for wire types only; knows nothing of the control plane's internals.
+
+mod config;
+mod error;
+mod grpc;
+mod handle;
+mod metrics;
+mod name;
+mod rest;
+mod serve;
+mod state;
+
+pub use config::RouterConfig;
+pub use error::{v2_error_response, RouteError};
+pub use grpc::{grpc_service, GrpcRouter};
+pub use handle::RouterHandle;
+pub use name::{decode_model_segment, validate_model_name};
+pub use rest::http_app;
+pub use serve::{serve, ServeError};
+pub use state::{Picked, Replica, RouterState};
+
+/// Header / gRPC metadata key naming the model to route to (Seldon's).
+pub const SELDON_MODEL: &str = "seldon-model";
+/// Header / gRPC metadata key naming the loaded model version on the replica: `<model>_<version>`.
+pub const SELDON_INTERNAL_MODEL: &str = "seldon-internal-model";

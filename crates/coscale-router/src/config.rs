@@ -1,0 +1,33 @@
+//! [`RouterConfig`]: limits and timeouts of the router's REST and gRPC forwarding.
+
+use std::time::Duration;
+
+/// Router settings. `Default` gives values suitable for local use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Largest REST request body forwarded; larger ones get 413.
+    pub body_limit_bytes: usize,
+    /// Largest gRPC message accepted from clients and replicas, each way.
+    pub grpc_max_message_bytes: usize,
+    /// Time allowed to open a connection to a replica.
+    pub connect_timeout: Duration,
+    /// Time allowed for a replica to start answering (REST: response headers; gRPC: the reply).
+    pub request_timeout: Duration,
+    /// How long idle pooled connections to replicas are kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per replica.
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            body_limit_bytes: 64 * 1024 * 1024,
+            grpc_max_message_bytes: 64 * 1024 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 64,
+        }
+    }
+}

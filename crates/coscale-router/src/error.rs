@@ -1,0 +1,133 @@
+//! [`RouteError`]: everything the router itself can answer with, and its one mapping to an HTTP
+//! status + V2 error body (`{"error": "..."}`, `Content-Type: application/json`) and to a gRPC status.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Why the router could not get an answer from a replica.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The model is not in the routing table.
+    #[error("model {0} not found")]
+    UnknownModel(String),
+    /// The model exists but no replica can take traffic now.
+    #[error("model {0} has no available replica")]
+    NoAvailableReplica(String),
+    /// The model name in the path or `seldon-model` header breaks the V2 name rules.
+    #[error("invalid model name {0:?}: use 1+ characters of [A-Za-z0-9._-], not '.' or '..'")]
+    InvalidModelName(String),
+    /// Neither the request path nor the `seldon-model` header/metadata names a model.
+    #[error("no model name: set it in the path /v2/models/<name>/..., the model_name field or the seldon-model header")]
+    MissingModelName,
+    /// The request body is larger than the configured limit.
+    #[error("request body exceeds the router's limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// The request body could not be read from the client.
+    #[error("could not read the request body: {0}")]
+    BadBody(String),
+    /// The replica did not answer within the request timeout.
+    #[error("model {model}: replica {replica} did not answer within {timeout_ms} ms")]
+    UpstreamTimeout {
+        model: String,
+        replica: String,
+        timeout_ms: u128,
+    },
+    /// The replica failed before answering (and the retry, if any, failed too).
+    #[error("model {model}: replica {replica} failed before answering: {detail}")]
+    UpstreamFailed {
+        model: String,
+        replica: String,
+        detail: String,
+    },
+    /// The RPC or path is not served by the router.
+    #[error("{0}")]
+    Unimplemented(String),
+}
+
+impl RouteError {
+    /// The HTTP status this error is answered with.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            RouteError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            RouteError::NoAvailableReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::InvalidModelName(_)
+            | RouteError::MissingModelName
+            | RouteError::BadBody(_) => StatusCode::BAD_REQUEST,
+            RouteError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RouteError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            RouteError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            RouteError::Unimplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// The gRPC code this error is answered with.
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            RouteError::UnknownModel(_) => tonic::Code::NotFound,
+            RouteError::NoAvailableReplica(_) | RouteError::UpstreamFailed { .. } => {
+                tonic::Code::Unavailable
+            }
+            RouteError::InvalidModelName(_)
+            | RouteError::MissingModelName
+            | RouteError::BadBody(_) => tonic::Code::InvalidArgument,
+            RouteError::BodyTooLarge { .. } => tonic::Code::ResourceExhausted,
+            RouteError::UpstreamTimeout { .. } => tonic::Code::DeadlineExceeded,
+            RouteError::Unimplemented(_) => tonic::Code::Unimplemented,
+        }
+    }
+}
+
+/// Builds a V2 error response: `status` with `{"error": message}` as `application/json`.
+pub fn v2_error_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl IntoResponse for RouteError {
+    fn into_response(self) -> Response {
+        v2_error_response(self.http_status(), &self.to_string())
+    }
+}
+
+impl From<RouteError> for tonic::Status {
+    fn from(err: RouteError) -> Self {
+        tonic::Status::new(err.grpc_code(), err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn unknown_model_maps_to_404_and_not_found() {
+        let err = RouteError::UnknownModel("iris".into());
+        assert_eq!(err.http_status(), StatusCode::NOT_FOUND);
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn model_without_replicas_maps_to_503_and_unavailable_with_a_message_saying_so() {
+        let err = RouteError::NoAvailableReplica("iris".into());
+        assert_eq!(err.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "model iris has no available replica");
+    }
+
+    #[test]
+    fn error_responses_carry_a_json_error_body_with_the_exact_content_type() {
+        let response = RouteError::BodyTooLarge { limit: 10 }.into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            HeaderValue::from_static("application/json")
+        );
+    }
+}

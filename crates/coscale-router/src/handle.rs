@@ -1,0 +1,133 @@
+//! [`RouterHandle`]: the cheap-to-clone handle shared by the REST and gRPC front ends.
+//!
+//! It owns the synchronous [`RouterState`] (behind a short-held mutex), follows the control
+//! plane's routing-table watch channel lazily (each pick checks for a newer table), and keeps
+//! the pooled HTTP client and one cached gRPC channel per replica.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use coscale_api::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use coscale_api::routing::{Endpoint, RoutingTable};
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::config::RouterConfig;
+use crate::error::RouteError;
+use crate::metrics::Metrics;
+use crate::state::{Picked, RouterState};
+
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type GrpcClient = GrpcInferenceServiceClient<Channel>;
+
+/// Shared router: configuration, routing state, metrics and upstream clients.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: RouterConfig,
+    table: watch::Receiver<Arc<RoutingTable>>,
+    state: Mutex<RouterState>,
+    metrics: Metrics,
+    http: HttpClient,
+    grpc: Mutex<HashMap<SocketAddr, GrpcClient>>,
+}
+
+impl RouterHandle {
+    /// A router following the routing tables published on `table`.
+    pub fn new(config: RouterConfig, table: watch::Receiver<Arc<RoutingTable>>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .build(connector);
+        let state = Mutex::new(RouterState::new(table.borrow().clone()));
+        RouterHandle {
+            inner: Arc::new(Inner {
+                config,
+                table,
+                state,
+                metrics: Metrics::default(),
+                http,
+                grpc: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The configuration the router runs with.
+    pub fn config(&self) -> &RouterConfig {
+        &self.inner.config
+    }
+
+    /// Picks a replica for `model` from the newest published routing table, never `exclude`.
+    pub fn pick(&self, model: &str, exclude: Option<&Endpoint>) -> Result<Picked, RouteError> {
+        self.state().pick(model, exclude)
+    }
+
+    /// Requests in flight from this router to a server replica.
+    pub fn inflight(&self, server: &str, replica: u32) -> usize {
+        self.state().inflight(server, replica)
+    }
+
+    /// The metrics in Prometheus text form.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.encode()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn http_client(&self) -> &HttpClient {
+        &self.inner.http
+    }
+
+    /// The cached gRPC client for a replica's gRPC address (connected lazily, then reused).
+    pub(crate) fn grpc_client(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<GrpcClient, tonic::transport::Error> {
+        let mut clients = lock(&self.inner.grpc);
+        if let Some(client) = clients.get(&addr) {
+            return Ok(client.clone());
+        }
+        let config = &self.inner.config;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = GrpcInferenceServiceClient::new(channel)
+            .max_decoding_message_size(config.grpc_max_message_bytes)
+            .max_encoding_message_size(config.grpc_max_message_bytes);
+        clients.insert(addr, client.clone());
+        Ok(client)
+    }
+
+    /// The state, switched to the newest published table first.
+    fn state(&self) -> MutexGuard<'_, RouterState> {
+        let newest = self.inner.table.borrow().clone();
+        let mut state = lock(&self.inner.state);
+        if !Arc::ptr_eq(state.table(), &newest) {
+            state.set_table(newest);
+        }
+        state
+    }
+}
+
+/// Locks a mutex; a panic elsewhere while holding it leaves plain data that is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
