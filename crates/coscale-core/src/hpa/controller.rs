@@ -460,6 +460,7 @@ fn compute_all(
             input.metrics.get(i),
             input.spec_replicas,
             input.status_replicas,
+            hpa.metadata.namespace.as_deref().unwrap_or("default"),
         );
         let mut outcome = MetricOutcome {
             name: spec.display_name(),
