@@ -1,0 +1,904 @@
+//! The router end to end on 127.0.0.1: real TCP, fake agents (axum and tonic servers defined
+//! here) that record what they received and can be told to fail, hang or hold requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use coscale_api::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use coscale_api::pb::inference::grpc_inference_service_server::{
+    GrpcInferenceService, GrpcInferenceServiceServer,
+};
+use coscale_api::pb::inference::*;
+use coscale_api::routing::{Endpoint, ModelRoute, RoutingTable};
+use coscale_router::{serve, RouterConfig, RouterHandle};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Semaphore};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// What a fake agent does with a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Answer 200 with a JSON body naming the agent.
+    Ok,
+    /// Answer 500 with a plain-text body.
+    Fail500,
+    /// Wait for a permit of the agent's gate, then answer like `Ok`.
+    Hold,
+}
+
+/// One request as an agent saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    path: String,
+    model: Option<String>,
+    internal: Option<String>,
+    body_len: usize,
+}
+
+struct FakeAgent {
+    name: &'static str,
+    mode: Mode,
+    seen: Mutex<Vec<Seen>>,
+    arrivals: watch::Sender<usize>,
+    gate: Semaphore,
+}
+
+impl FakeAgent {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn record(&self, seen: Seen) {
+        self.seen.lock().unwrap().push(seen);
+        self.arrivals.send_modify(|n| *n += 1);
+    }
+}
+
+fn header(request: &Request, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+async fn agent_rest(State(agent): State<Arc<FakeAgent>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let model = header(&request, "seldon-model");
+    let internal = header(&request, "seldon-internal-model");
+    let body = axum::body::to_bytes(request.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    agent.record(Seen {
+        path,
+        model,
+        internal: internal.clone(),
+        body_len: body.len(),
+    });
+    match agent.mode {
+        Mode::Fail500 => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        Mode::Hold => {
+            let _permit = agent.gate.acquire().await.unwrap();
+            axum::Json(serde_json::json!({"agent": agent.name, "internal": internal}))
+                .into_response()
+        }
+        Mode::Ok => axum::Json(serde_json::json!({"agent": agent.name, "internal": internal}))
+            .into_response(),
+    }
+}
+
+/// The gRPC face of a fake agent.
+struct GrpcAgent(Arc<FakeAgent>);
+
+impl std::ops::Deref for GrpcAgent {
+    type Target = FakeAgent;
+    fn deref(&self) -> &FakeAgent {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcAgent {
+    async fn server_live(
+        &self,
+        _: tonic::Request<ServerLiveRequest>,
+    ) -> Result<tonic::Response<ServerLiveResponse>, tonic::Status> {
+        Err(tonic::Status::internal(
+            "the router must answer ServerLive itself",
+        ))
+    }
+    async fn server_ready(
+        &self,
+        _: tonic::Request<ServerReadyRequest>,
+    ) -> Result<tonic::Response<ServerReadyResponse>, tonic::Status> {
+        Err(tonic::Status::internal(
+            "the router must answer ServerReady itself",
+        ))
+    }
+    async fn model_ready(
+        &self,
+        request: tonic::Request<ModelReadyRequest>,
+    ) -> Result<tonic::Response<ModelReadyResponse>, tonic::Status> {
+        self.record_grpc(request.metadata(), &request.get_ref().name, 0);
+        Ok(tonic::Response::new(ModelReadyResponse { ready: true }))
+    }
+    async fn server_metadata(
+        &self,
+        _: tonic::Request<ServerMetadataRequest>,
+    ) -> Result<tonic::Response<ServerMetadataResponse>, tonic::Status> {
+        Err(tonic::Status::internal(
+            "the router must answer ServerMetadata itself",
+        ))
+    }
+    async fn model_metadata(
+        &self,
+        request: tonic::Request<ModelMetadataRequest>,
+    ) -> Result<tonic::Response<ModelMetadataResponse>, tonic::Status> {
+        self.record_grpc(request.metadata(), &request.get_ref().name, 0);
+        Ok(tonic::Response::new(ModelMetadataResponse {
+            name: request.get_ref().name.clone(),
+            platform: self.name.to_owned(),
+            ..Default::default()
+        }))
+    }
+    async fn model_infer(
+        &self,
+        request: tonic::Request<ModelInferRequest>,
+    ) -> Result<tonic::Response<ModelInferResponse>, tonic::Status> {
+        let raw: usize = request
+            .get_ref()
+            .raw_input_contents
+            .iter()
+            .map(Vec::len)
+            .sum();
+        self.record_grpc(request.metadata(), &request.get_ref().model_name, raw);
+        if self.mode == Mode::Fail500 {
+            return Err(tonic::Status::internal("boom"));
+        }
+        Ok(tonic::Response::new(ModelInferResponse {
+            model_name: request.get_ref().model_name.clone(),
+            id: self.name.to_owned(),
+            raw_output_contents: request.into_inner().raw_input_contents,
+            ..Default::default()
+        }))
+    }
+    async fn repository_index(
+        &self,
+        _: tonic::Request<RepositoryIndexRequest>,
+    ) -> Result<tonic::Response<RepositoryIndexResponse>, tonic::Status> {
+        Err(tonic::Status::internal("not forwarded"))
+    }
+    async fn repository_model_load(
+        &self,
+        _: tonic::Request<RepositoryModelLoadRequest>,
+    ) -> Result<tonic::Response<RepositoryModelLoadResponse>, tonic::Status> {
+        Err(tonic::Status::internal("not forwarded"))
+    }
+    async fn repository_model_unload(
+        &self,
+        _: tonic::Request<RepositoryModelUnloadRequest>,
+    ) -> Result<tonic::Response<RepositoryModelUnloadResponse>, tonic::Status> {
+        Err(tonic::Status::internal("not forwarded"))
+    }
+}
+
+impl FakeAgent {
+    fn record_grpc(&self, metadata: &tonic::metadata::MetadataMap, name: &str, body_len: usize) {
+        let get = |key: &str| metadata.get(key).map(|v| v.to_str().unwrap().to_owned());
+        self.record(Seen {
+            path: name.to_owned(),
+            model: get("seldon-model"),
+            internal: get("seldon-internal-model"),
+            body_len,
+        });
+    }
+}
+
+/// A fake agent serving REST and gRPC on fresh loopback ports.
+async fn start_agent(name: &'static str, mode: Mode) -> (Arc<FakeAgent>, SocketAddr, SocketAddr) {
+    let agent = Arc::new(FakeAgent {
+        name,
+        mode,
+        seen: Mutex::new(Vec::new()),
+        arrivals: watch::channel(0).0,
+        gate: Semaphore::new(0),
+    });
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+    let app = axum::Router::new()
+        .fallback(agent_rest)
+        .with_state(Arc::clone(&agent));
+    tokio::spawn(async move { axum::serve(http, app).await.unwrap() });
+    let service = GrpcInferenceServiceServer::new(GrpcAgent(Arc::clone(&agent)));
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+            .await
+            .unwrap()
+    });
+    (agent, http_addr, grpc_addr)
+}
+
+/// An address nothing listens on: bound, then released, so connects are refused.
+async fn closed_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn endpoint(
+    server: &str,
+    replica: u32,
+    version: u32,
+    http: SocketAddr,
+    grpc: SocketAddr,
+) -> Endpoint {
+    Endpoint {
+        server: server.into(),
+        replica,
+        version,
+        http,
+        grpc,
+    }
+}
+
+fn table(models: Vec<(&str, Vec<Endpoint>)>) -> Arc<RoutingTable> {
+    let models: BTreeMap<_, _> = models
+        .into_iter()
+        .map(|(name, endpoints)| (name.to_owned(), ModelRoute { endpoints }))
+        .collect();
+    Arc::new(RoutingTable { models })
+}
+
+struct TestRouter {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    tables: watch::Sender<Arc<RoutingTable>>,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestRouter {
+    async fn start(config: RouterConfig, table: Arc<RoutingTable>) -> Self {
+        let (tables, rx) = watch::channel(table);
+        let handle = RouterHandle::new(config, rx);
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let grpc = grpc_listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve(handle, http_listener, grpc_listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestRouter {
+            http,
+            grpc,
+            tables,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    async fn infer(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .body(r#"{"inputs":[]}"#)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
+    async fn grpc_client(&self) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
+        GrpcInferenceServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(DEADLINE, self.task.take().unwrap())
+            .await
+            .expect("router stops after shutdown")
+            .unwrap();
+    }
+}
+
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn assert_v2_error(response: reqwest::Response, status: u16, contains: &str) {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"]
+        .as_str()
+        .expect("V2 error body has an error string");
+    assert!(
+        message.contains(contains),
+        "{message:?} should contain {contains:?}"
+    );
+}
+
+#[tokio::test]
+async fn requests_are_routed_by_path_with_seldon_headers_added() {
+    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("iris", vec![endpoint("mlserver", 0, 3, http, grpc)])]),
+    )
+    .await;
+    let response = router.infer("/v2/models/iris/versions/3/infer?x=1").await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["agent"], "a");
+    assert_eq!(
+        agent.seen(),
+        vec![Seen {
+            path: "/v2/models/iris/versions/3/infer".into(),
+            model: Some("iris".into()),
+            internal: Some("iris_3".into()),
+            body_len: r#"{"inputs":[]}"#.len(),
+        }]
+    );
+    let ready = router
+        .client
+        .get(router.url("/v2/models/iris/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(agent.seen()[1].path, "/v2/models/iris/ready");
+    let text = router.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"coscale_router_requests_total{model="iris",protocol="rest",code="200"}"#
+        ),
+        Some(2.0)
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_seldon_model_header_wins_over_the_path() {
+    let (iris, http_a, grpc_a) = start_agent("iris-agent", Mode::Ok).await;
+    let (other, http_b, grpc_b) = start_agent("other-agent", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![
+            ("iris", vec![endpoint("s", 0, 1, http_a, grpc_a)]),
+            ("other", vec![endpoint("s", 1, 2, http_b, grpc_b)]),
+        ]),
+    )
+    .await;
+    let response = router
+        .client
+        .post(router.url("/v2/models/other/infer"))
+        .header("seldon-model", "iris")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(other.seen().is_empty());
+    let seen = iris.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].model.as_deref(), Some("iris"));
+    assert_eq!(seen[0].internal.as_deref(), Some("iris_1"));
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn percent_encoded_names_are_decoded_and_malformed_names_get_400() {
+    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("my.model_x", vec![endpoint("s", 0, 1, http, grpc)])]),
+    )
+    .await;
+    assert_eq!(
+        router.infer("/v2/models/my%2Emodel_x/infer").await.status(),
+        200
+    );
+    assert_eq!(agent.seen()[0].internal.as_deref(), Some("my.model_x_1"));
+    for bad in [
+        "/v2/models/a%2Fb/infer",
+        "/v2/models/x%20y/infer",
+        "/v2/models/a%2Bb/infer",
+    ] {
+        assert_v2_error(router.infer(bad).await, 400, "invalid model name").await;
+    }
+    let bad_header = router
+        .client
+        .post(router.url("/v2/models/my.model_x/infer"))
+        .header("seldon-model", "a/b")
+        .send()
+        .await
+        .unwrap();
+    assert_v2_error(bad_header, 400, "invalid model name").await;
+    assert_eq!(agent.seen().len(), 1);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_spread_over_two_replicas_by_least_outstanding() {
+    let (a, http_a, grpc_a) = start_agent("a", Mode::Hold).await;
+    let (b, http_b, grpc_b) = start_agent("b", Mode::Hold).await;
+    let router = Arc::new(
+        TestRouter::start(
+            RouterConfig::default(),
+            table(vec![(
+                "m",
+                vec![
+                    endpoint("s", 0, 1, http_a, grpc_a),
+                    endpoint("s", 1, 1, http_b, grpc_b),
+                ],
+            )]),
+        )
+        .await,
+    );
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let router = Arc::clone(&router);
+            tokio::spawn(async move { router.infer("/v2/models/m/infer").await.status() })
+        })
+        .collect();
+    let (mut arrivals_a, mut arrivals_b) = (a.arrivals.subscribe(), b.arrivals.subscribe());
+    tokio::time::timeout(DEADLINE, async {
+        arrivals_a.wait_for(|n| *n == 3).await.unwrap();
+        arrivals_b.wait_for(|n| *n == 3).await.unwrap();
+    })
+    .await
+    .expect("three held requests on each replica");
+    let text = router.metrics().await;
+    assert_eq!(
+        metric_value(&text, "coscale_router_inflight_requests"),
+        Some(6.0)
+    );
+    a.gate.add_permits(6);
+    b.gate.add_permits(6);
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let text = router.metrics().await;
+    assert_eq!(
+        metric_value(&text, "coscale_router_inflight_requests"),
+        Some(0.0)
+    );
+    Arc::into_inner(router).unwrap().shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_model_gets_404_with_a_v2_error_body() {
+    let router = TestRouter::start(RouterConfig::default(), table(vec![])).await;
+    assert_v2_error(
+        router.infer("/v2/models/nope/infer").await,
+        404,
+        "model nope not found",
+    )
+    .await;
+    let text = router.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"coscale_router_requests_total{model="",protocol="rest",code="404"}"#
+        ),
+        Some(1.0),
+        "unknown names must not become label values"
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_model_without_replicas_gets_503_saying_so() {
+    let router = TestRouter::start(RouterConfig::default(), table(vec![("iris", vec![])])).await;
+    assert_v2_error(
+        router.infer("/v2/models/iris/infer").await,
+        503,
+        "model iris has no available replica",
+    )
+    .await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_refusing_connections_is_retried_on_the_other_replica() {
+    let dead = closed_addr().await;
+    let (alive, http, grpc) = start_agent("alive", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![(
+            "m",
+            vec![
+                endpoint("s", 0, 1, dead, dead),
+                endpoint("s", 1, 1, http, grpc),
+            ],
+        )]),
+    )
+    .await;
+    for _ in 0..2 {
+        let response = router.infer("/v2/models/m/infer").await;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(alive.seen().len(), 2);
+    let retries = metric_value(&router.metrics().await, "coscale_router_retries_total").unwrap();
+    assert!(
+        retries >= 1.0,
+        "the dead replica is tried first at least once: {retries}"
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_single_refusing_replica_gives_502_with_a_v2_error_body() {
+    let dead = closed_addr().await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("m", vec![endpoint("s", 0, 1, dead, dead)])]),
+    )
+    .await;
+    assert_v2_error(
+        router.infer("/v2/models/m/infer").await,
+        502,
+        "failed before answering",
+    )
+    .await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_answering_500_is_not_retried_and_its_answer_passes_through() {
+    let (failing, http_f, grpc_f) = start_agent("failing", Mode::Fail500).await;
+    let (healthy, http_h, grpc_h) = start_agent("healthy", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![(
+            "m",
+            vec![
+                endpoint("s", 0, 1, http_f, grpc_f),
+                endpoint("s", 1, 1, http_h, grpc_h),
+            ],
+        )]),
+    )
+    .await;
+    // Round-robin among idle replicas: one of two consecutive requests hits the failing one.
+    let first = router.infer("/v2/models/m/infer").await;
+    let second = router.infer("/v2/models/m/infer").await;
+    let (failed, _) = if first.status() == 500 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_v2_error(failed, 500, "boom").await;
+    assert_eq!(failing.seen().len(), 1);
+    assert_eq!(healthy.seen().len(), 1);
+    let text = router.metrics().await;
+    assert_eq!(
+        metric_value(&text, "coscale_router_retries_total"),
+        Some(0.0)
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_and_is_not_forwarded() {
+    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
+    let config = RouterConfig {
+        body_limit_bytes: 1024,
+        ..RouterConfig::default()
+    };
+    let router = TestRouter::start(
+        config,
+        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
+    )
+    .await;
+    let response = router
+        .client
+        .post(router.url("/v2/models/m/infer"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_v2_error(response, 413, "1024 bytes").await;
+    let fits = router
+        .client
+        .post(router.url("/v2/models/m/infer"))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), 200);
+    assert_eq!(agent.seen().len(), 1);
+    assert_eq!(agent.seen()[0].body_len, 1024);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_does_not_answer_in_time_gives_504() {
+    let (_agent, http, grpc) = start_agent("slow", Mode::Hold).await;
+    let config = RouterConfig {
+        request_timeout: Duration::from_millis(200),
+        ..RouterConfig::default()
+    };
+    let router = TestRouter::start(
+        config,
+        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
+    )
+    .await;
+    assert_v2_error(
+        router.infer("/v2/models/m/infer").await,
+        504,
+        "did not answer within 200 ms",
+    )
+    .await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_routing_table_update_takes_effect_for_the_next_request() {
+    let (a, http_a, grpc_a) = start_agent("a", Mode::Ok).await;
+    let (b, http_b, grpc_b) = start_agent("b", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("m", vec![endpoint("s", 0, 1, http_a, grpc_a)])]),
+    )
+    .await;
+    assert_eq!(router.infer("/v2/models/m/infer").await.status(), 200);
+    router
+        .tables
+        .send(table(vec![(
+            "m",
+            vec![endpoint("s", 1, 2, http_b, grpc_b)],
+        )]))
+        .unwrap();
+    assert_eq!(router.infer("/v2/models/m/infer").await.status(), 200);
+    assert_eq!(a.seen().len(), 1);
+    assert_eq!(b.seen().len(), 1);
+    assert_eq!(b.seen()[0].internal.as_deref(), Some("m_2"));
+    router.tables.send(table(vec![])).unwrap();
+    assert_v2_error(router.infer("/v2/models/m/infer").await, 404, "not found").await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_metadata_and_unknown_paths_have_exact_bodies() {
+    let router = TestRouter::start(RouterConfig::default(), table(vec![])).await;
+    let get = |path: &'static str| {
+        let client = router.client.clone();
+        let url = router.url(path);
+        async move { client.get(url).send().await.unwrap() }
+    };
+    for (path, body) in [
+        ("/v2/health/live", r#"{"live":true}"#),
+        ("/v2/health/ready", r#"{"ready":true}"#),
+    ] {
+        let response = get(path).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.text().await.unwrap(), body);
+    }
+    for path in ["/v2", "/v2/"] {
+        let body: serde_json::Value = get(path).await.json().await.unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"name": "coscale", "version": env!("CARGO_PKG_VERSION"), "extensions": []})
+        );
+    }
+    assert_v2_error(get("/v2/nothing").await, 404, "Not Found").await;
+    let post_live = router
+        .client
+        .post(router.url("/v2/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_v2_error(post_live, 405, "Method Not Allowed").await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_infer_is_forwarded_with_model_name_and_seldon_metadata() {
+    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("iris", vec![endpoint("s", 0, 4, http, grpc)])]),
+    )
+    .await;
+    let mut client = router.grpc_client().await;
+    let response = client
+        .model_infer(ModelInferRequest {
+            model_name: "iris".into(),
+            raw_input_contents: vec![vec![1, 2, 3, 4]],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.model_name, "iris");
+    assert_eq!(response.raw_output_contents, vec![vec![1, 2, 3, 4]]);
+
+    // The seldon-model metadata wins over the message field, as on the REST side.
+    let mut request = tonic::Request::new(ModelMetadataRequest {
+        name: "ignored".into(),
+        version: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("seldon-model", "iris".parse().unwrap());
+    let metadata = client.model_metadata(request).await.unwrap().into_inner();
+    assert_eq!(metadata.name, "iris");
+    assert!(
+        client
+            .model_ready(ModelReadyRequest {
+                name: "iris".into(),
+                version: String::new()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let seen = agent.seen();
+    assert_eq!(seen.len(), 3);
+    for s in &seen {
+        assert_eq!(s.path, "iris");
+        assert_eq!(s.model.as_deref(), Some("iris"));
+        assert_eq!(s.internal.as_deref(), Some("iris_4"));
+    }
+    assert_eq!(seen[0].body_len, 4);
+    let text = router.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"coscale_router_requests_total{model="iris",protocol="grpc",code="0"}"#
+        ),
+        Some(3.0)
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_unknown_and_replicaless_models_get_not_found_and_unavailable() {
+    let router = TestRouter::start(RouterConfig::default(), table(vec![("empty", vec![])])).await;
+    let mut client = router.grpc_client().await;
+    let infer = |name: &str| ModelInferRequest {
+        model_name: name.into(),
+        ..Default::default()
+    };
+    let status = client.model_infer(infer("nope")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "model nope not found");
+    let status = client.model_infer(infer("empty")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "model empty has no available replica");
+    let status = client.model_infer(infer("")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_retries_a_refusing_replica_but_passes_replica_errors_through() {
+    let dead = closed_addr().await;
+    let (alive, http, grpc) = start_agent("alive", Mode::Ok).await;
+    let (failing, http_f, grpc_f) = start_agent("failing", Mode::Fail500).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![
+            (
+                "m",
+                vec![
+                    endpoint("s", 0, 1, dead, dead),
+                    endpoint("s", 1, 1, http, grpc),
+                ],
+            ),
+            (
+                "bad",
+                vec![
+                    endpoint("t", 0, 1, http_f, grpc_f),
+                    endpoint("s", 1, 1, http, grpc),
+                ],
+            ),
+        ]),
+    )
+    .await;
+    let mut client = router.grpc_client().await;
+    for _ in 0..2 {
+        let request = ModelInferRequest {
+            model_name: "m".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            client.model_infer(request).await.unwrap().into_inner().id,
+            "alive"
+        );
+    }
+    let retries = metric_value(&router.metrics().await, "coscale_router_retries_total").unwrap();
+    assert!(retries >= 1.0);
+
+    let mut internal_errors = 0;
+    for _ in 0..2 {
+        let request = ModelInferRequest {
+            model_name: "bad".into(),
+            ..Default::default()
+        };
+        if let Err(status) = client.model_infer(request).await {
+            assert_eq!(status.code(), tonic::Code::Internal);
+            assert_eq!(status.message(), "boom");
+            internal_errors += 1;
+        }
+    }
+    assert_eq!(
+        internal_errors, 1,
+        "the failing replica answered once and was not retried"
+    );
+    assert_eq!(failing.seen().len(), 1);
+    assert_eq!(
+        metric_value(&router.metrics().await, "coscale_router_retries_total").unwrap(),
+        retries
+    );
+    assert_eq!(alive.seen().len(), 3);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_server_calls_are_answered_locally_and_repository_calls_refused() {
+    let router = TestRouter::start(RouterConfig::default(), table(vec![])).await;
+    let mut client = router.grpc_client().await;
+    assert!(
+        client
+            .server_live(ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        client
+            .server_ready(ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let metadata = client
+        .server_metadata(ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(metadata.name, "coscale");
+    assert_eq!(metadata.version, env!("CARGO_PKG_VERSION"));
+    assert!(metadata.extensions.is_empty());
+    let status = client
+        .repository_index(RepositoryIndexRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert!(status.message().contains("use the control plane API"));
+    router.shutdown().await;
+}
