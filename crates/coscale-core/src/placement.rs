@@ -34,6 +34,8 @@
 //!   many as fit there (partial scheduling); failing that it is not placed.
 //! - The result is idempotent: feeding each [`Decision::as_current`] back as
 //!   `current` yields the same decisions.
+//! - A replica on a draining server replica is not part of the decision; the control
+//!   plane keeps it serving until its replacement is available (§2.7).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -249,7 +251,9 @@ pub fn replicas_needed(
         (Reverse(a.memory_bytes), &a.name).cmp(&(Reverse(b.memory_bytes), &b.name))
     });
 
-    // Free memory per opened replica; first fit never needs more replicas than it opens.
+    // Free memory per opened replica: first fit over `n` replicas succeeds exactly when
+    // first fit opening replicas on demand opens at most `n`, so one pass answers. Memory
+    // use is one word per opened replica (at most `max_replicas`).
     let max_bins = usize::try_from(max_replicas).unwrap_or(usize::MAX);
     let mut free: Vec<u64> = Vec::new();
     for model in wanted {
@@ -259,7 +263,7 @@ pub fn replicas_needed(
                 break;
             }
             if model.memory_bytes <= *slot {
-                *slot -= model.memory_bytes;
+                *slot = slot.saturating_sub(model.memory_bytes);
                 left -= 1;
             }
         }
@@ -267,7 +271,7 @@ pub fn replicas_needed(
             if free.len() >= max_bins {
                 return None;
             }
-            free.push(room - model.memory_bytes);
+            free.push(room.saturating_sub(model.memory_bytes));
             left -= 1;
         }
     }
