@@ -135,6 +135,19 @@ impl fmt::Display for Datatype {
     }
 }
 
+impl Serialize for Datatype {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Datatype {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
 impl FromStr for Datatype {
     type Err = V2Error;
     fn from_str(s: &str) -> Result<Self, V2Error> {

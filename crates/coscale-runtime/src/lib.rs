@@ -1,1 +1,30 @@
-//! coscale-runtime (work in progress).
+//! coscale-runtime: the built-in Open Inference Protocol (V2) server for ONNX models (tract).
+//!
+//! - [`Engine`]: loaded models by name; `load` / `unload` / `metadata` / `infer`. The agent
+//!   embeds it directly; the servers below are thin shells over it.
+//! - [`rest_router`]: the V2 REST API (health, metadata, infer with the binary tensor
+//!   extension, repository index/load/unload) as an axum `Router`.
+//! - [`grpc_service`]: the V2 gRPC `GRPCInferenceService` (raw in → raw out).
+//! - [`RuntimeError`]: the one error type, with the one mapping to HTTP and gRPC codes.
+//!
+//! Depends on `coscale-api` for the wire types; knows nothing of the control plane or router.
+
+mod engine;
+mod error;
+mod grpc;
+mod repository;
+mod rest;
+
+pub use engine::{
+    validate_model_name, Engine, IndexEntry, ModelMetadata, ModelState, TensorMetadata,
+    MODEL_VERSION,
+};
+pub use error::RuntimeError;
+pub use grpc::{grpc_service, RuntimeGrpc, MAX_GRPC_MESSAGE_SIZE};
+pub use repository::{load_from_repository, repository_index};
+pub use rest::rest_router;
+
+/// Server name reported by V2 server metadata.
+pub const SERVER_NAME: &str = "coscale-runtime";
+/// V2 extensions this runtime implements.
+pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
