@@ -137,11 +137,11 @@ impl GrpcRouter {
     {
         model.clone_into(message.model_name());
         let first = self.handle.pick(model, None)?;
-        let spare = first.has_alternative().then(|| message.clone());
-        let status = match self
-            .attempt(&first, metadata.clone(), message, call)
-            .await?
-        {
+        // Keep a copy for a retry only when there is another replica to retry on.
+        let spare = first
+            .has_alternative()
+            .then(|| (metadata.clone(), message.clone()));
+        let status = match self.attempt(&first, metadata, message, call).await? {
             Ok(response) => return Ok(Ok(response)),
             Err(status) if failed_before_answer(&status) => status,
             Err(status) => return Ok(Err(status)),
@@ -149,7 +149,9 @@ impl GrpcRouter {
         let endpoint = first.endpoint().clone();
         let label = first.replica().label();
         drop(first);
-        let (Some(message), Ok(second)) = (spare, self.handle.pick(model, Some(&endpoint))) else {
+        let (Some((metadata, message)), Ok(second)) =
+            (spare, self.handle.pick(model, Some(&endpoint)))
+        else {
             return Err(upstream_failed(model, label, &status));
         };
         self.handle.metrics().retried();
@@ -196,6 +198,11 @@ impl GrpcRouter {
                 timeout_ms: timeout.as_millis(),
             })
     }
+}
+
+/// Repository RPCs: models are loaded and unloaded through the control plane, not the router.
+fn repository_refused<T>() -> Result<Response<T>, Status> {
+    Err(RouteError::Unimplemented(REPOSITORY_REFUSAL.to_owned()).into())
 }
 
 fn upstream_failed(model: &str, replica: String, status: &Status) -> RouteError {
@@ -267,20 +274,20 @@ impl GrpcInferenceService for GrpcRouter {
         &self,
         _request: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
-        Err(RouteError::Unimplemented(REPOSITORY_REFUSAL.to_owned()).into())
+        repository_refused()
     }
 
     async fn repository_model_load(
         &self,
         _request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(RouteError::Unimplemented(REPOSITORY_REFUSAL.to_owned()).into())
+        repository_refused()
     }
 
     async fn repository_model_unload(
         &self,
         _request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(RouteError::Unimplemented(REPOSITORY_REFUSAL.to_owned()).into())
+        repository_refused()
     }
 }

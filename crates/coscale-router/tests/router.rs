@@ -556,6 +556,45 @@ async fn a_replica_refusing_connections_is_retried_on_the_other_replica() {
     router.shutdown().await;
 }
 
+/// An address that accepts connections and closes them at once, before any answer.
+async fn closing_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_replica_closing_the_connection_before_answering_is_retried_on_the_other_replica() {
+    let closing = closing_addr().await;
+    let (alive, http, grpc) = start_agent("alive", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![(
+            "m",
+            vec![
+                endpoint("s", 0, 1, closing, closing),
+                endpoint("s", 1, 1, http, grpc),
+            ],
+        )]),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(router.infer("/v2/models/m/infer").await.status(), 200);
+    }
+    assert_eq!(alive.seen().len(), 2);
+    let retries = metric_value(&router.metrics().await, "coscale_router_retries_total").unwrap();
+    assert!(
+        retries >= 1.0,
+        "the closing replica is tried first at least once: {retries}"
+    );
+    router.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_single_refusing_replica_gives_502_with_a_v2_error_body() {
     let dead = closed_addr().await;
