@@ -110,16 +110,26 @@ pub struct CalcContext<'a> {
     pub initial_readiness_delay: Duration,
 }
 
-#[derive(Debug, Default)]
-struct Groups {
-    ready: i64,
-    unready: BTreeSet<String>,
-    missing: BTreeSet<String>,
-    ignored: BTreeSet<String>,
+/// Pods sorted by how their samples are used (`groupPods`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PodGroups {
+    /// Running pods with a sample that count as ready.
+    pub ready: i64,
+    /// Pending pods, and for CPU pods that are not ready or still initializing.
+    pub unready: BTreeSet<String>,
+    /// Pods without a sample.
+    pub missing: BTreeSet<String>,
+    /// Deleted and Failed pods.
+    pub ignored: BTreeSet<String>,
 }
 
-fn group_pods(ctx: &CalcContext<'_>, metrics: &PodMetrics, resource: Option<&str>) -> Groups {
-    let mut g = Groups::default();
+/// `groupPods`; `resource == Some("cpu")` turns on the CPU readiness rules.
+pub fn group_pods(
+    ctx: &CalcContext<'_>,
+    metrics: &PodMetrics,
+    resource: Option<&str>,
+) -> PodGroups {
+    let mut g = PodGroups::default();
     for pod in ctx.pods {
         if pod.deleted || pod.phase == PodPhase::Failed {
             g.ignored.insert(pod.name.clone());
