@@ -1,1 +1,137 @@
-//! Control-plane REST/JSON DTOs.
+//! Control-plane REST/JSON DTOs, shared by the control plane (server side) and the CLI
+//! (client side). Paths live under `/api/v1`; every call carries
+//! `Authorization: Bearer <token>`.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/v1/apply` and `POST /api/v1/delete` body: manifest text as the user wrote it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestRequest {
+    /// Where the text came from (a file name), used in error messages.
+    pub source: String,
+    /// Multi-document YAML or JSON.
+    pub text: String,
+    /// Validate and report what would change without changing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Directory of the manifest file: relative `file://` storage URIs and relative
+    /// paths are resolved against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dir: Option<String>,
+}
+
+/// What happened to one object of an apply or delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectResult {
+    pub kind: String,
+    pub name: String,
+    /// `created`, `configured`, `unchanged`, `deleted`, `not found`.
+    pub action: String,
+    /// Warnings the user should see (e.g. an HPA and native autoscaling on the same Model).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub dry_run: bool,
+    pub results: Vec<ObjectResult>,
+}
+
+/// Every non-2xx answer of the control plane API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: String,
+    /// One line per problem (e.g. each manifest validation error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+/// State of one model replica on one server replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelReplicaStatus {
+    pub server: String,
+    pub replica: u32,
+    pub version: u32,
+    /// `Loading`, `Available`, `LoadFailed`, `Unloading`, `Draining`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A recorded event about an object, newest last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub unix_millis: u64,
+    /// `Normal` or `Warning`.
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub version: u32,
+    /// `ModelAvailable`, `ModelProgressing`, `ScheduleFailed`, `ModelFailed`, `ModelScaledDown`,
+    /// `ModelTerminating`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub server: Option<String>,
+    pub desired_replicas: u32,
+    pub available_replicas: u32,
+    pub min_replicas: u32,
+    pub max_replicas: Option<u32>,
+    pub storage_uri: String,
+    pub requirements: Vec<String>,
+    pub memory_bytes: Option<u64>,
+    pub replicas: Vec<ModelReplicaStatus>,
+    pub created_unix_millis: u64,
+    #[serde(default)]
+    pub events: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerReplicaStatus {
+    pub replica: u32,
+    /// `Ready`, `Draining`, `Starting`, `Unavailable`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    pub memory_bytes: u64,
+    pub used_memory_bytes: u64,
+    pub loaded_models: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub server_config: String,
+    pub capabilities: Vec<String>,
+    pub desired_replicas: u32,
+    pub ready_replicas: u32,
+    pub min_replicas: u32,
+    pub max_replicas: Option<u32>,
+    /// Distinct model replicas loaded on non-draining replicas (Seldon's `loadedModels`).
+    pub loaded_models: u32,
+    pub replicas: Vec<ServerReplicaStatus>,
+    pub created_unix_millis: u64,
+    #[serde(default)]
+    pub events: Vec<EventRecord>,
+}
+
+/// `DIR/endpoints.json`, written by `coscale up`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub api: String,
+    pub router_http: String,
+    pub router_grpc: String,
+    pub metrics: String,
+}

@@ -1,2 +1,5 @@
-//! The `coscale` command line.
-fn main() {}
+//! The `coscale` binary; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    coscale_cli::main()
+}

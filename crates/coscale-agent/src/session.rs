@@ -1,0 +1,275 @@
+//! The agent's stream to the control plane: register, carry out load/unload/drain
+//! commands, report their results and push stats; reconnect with backoff.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coscale_api::pb::agent::agent_service_client::AgentServiceClient;
+use coscale_api::pb::agent::{
+    agent_message, control_message, model_event, AgentMessage, Load, ModelEvent, ModelRef,
+    Register, Unload,
+};
+use coscale_api::routing::internal_model_name;
+use tokio::sync::{mpsc, Mutex};
+use tokio::time::Instant;
+use tonic::transport::Endpoint;
+use tracing::{info, warn};
+
+use crate::artifact;
+use crate::dataplane::DataPlane;
+use crate::AgentConfig;
+
+/// How a session ended.
+pub enum SessionEnd {
+    /// The control plane told this replica to drain.
+    Drain,
+    /// The stream closed or failed.
+    Lost(String),
+}
+
+/// Per model-version locks, so operations on one version run in order.
+#[derive(Default)]
+pub struct Locks {
+    inner: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Locks {
+    fn get(&self, key: &str) -> Arc<Mutex<()>> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+/// What a session needs.
+pub struct Ctx {
+    pub config: AgentConfig,
+    pub dp: DataPlane,
+    pub locks: Locks,
+    pub http_addr: std::net::SocketAddr,
+    pub grpc_addr: std::net::SocketAddr,
+}
+
+fn event(
+    name: &str,
+    version: u32,
+    kind: model_event::Kind,
+    message: String,
+    mem: u64,
+) -> AgentMessage {
+    AgentMessage {
+        kind: Some(agent_message::Kind::Event(ModelEvent {
+            model: Some(ModelRef {
+                name: name.to_owned(),
+                version,
+            }),
+            kind: kind as i32,
+            message,
+            measured_memory_bytes: mem,
+        })),
+    }
+}
+
+/// Runs one session until it ends.
+pub async fn run_once(ctx: &Arc<Ctx>, connected: &mut bool) -> Result<SessionEnd, String> {
+    let cfg = &ctx.config;
+    let channel = Endpoint::from_shared(cfg.control_plane.clone())
+        .map_err(|e| format!("bad control plane URL {:?}: {e}", cfg.control_plane))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the control plane at {}: {e}",
+                cfg.control_plane
+            )
+        })?;
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
+    let register = Register {
+        server: cfg.server.clone(),
+        replica: cfg.replica,
+        capabilities: cfg.capabilities.clone(),
+        memory_bytes: cfg.memory_bytes,
+        overcommit_percent: cfg.overcommit_percent,
+        inference_http: ctx.http_addr.to_string(),
+        inference_grpc: ctx.grpc_addr.to_string(),
+        loaded: ctx
+            .dp
+            .stats
+            .loaded()
+            .into_iter()
+            .map(|(name, version)| ModelRef { name, version })
+            .collect(),
+        pid: std::process::id(),
+        runtime: ctx.dp.backend.kind().to_owned(),
+        runtime_error: ctx.dp.backend.unavailable_reason().unwrap_or_default(),
+    };
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Register(register)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let auth = format!("Bearer {}", cfg.token)
+        .parse()
+        .map_err(|_| "the token contains characters not allowed in a header".to_owned())?;
+    request.metadata_mut().insert("authorization", auth);
+    let mut inbound = client
+        .session(request)
+        .await
+        .map_err(|s| format!("control plane refused the session: {}", s.message()))?
+        .into_inner();
+    *connected = true;
+    info!(server = %cfg.server, replica = cfg.replica, "connected to the control plane");
+    let mut stats_every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok(SessionEnd::Lost("control plane closed the stream".to_owned())),
+                    Err(s) => return Ok(SessionEnd::Lost(s.message().to_owned())),
+                };
+                match msg.kind {
+                    Some(control_message::Kind::Accepted(a)) => {
+                        let ms = u64::from(a.stats_interval_millis.max(50));
+                        stats_every = tokio::time::interval(Duration::from_millis(ms));
+                    }
+                    Some(control_message::Kind::Load(load)) => {
+                        tokio::spawn(do_load(ctx.clone(), load, tx.clone()));
+                    }
+                    Some(control_message::Kind::Unload(unload)) => {
+                        tokio::spawn(do_unload(ctx.clone(), unload, tx.clone()));
+                    }
+                    Some(control_message::Kind::Drain(_)) => return Ok(SessionEnd::Drain),
+                    None => {}
+                }
+            }
+            _ = stats_every.tick() => {
+                let stats = ctx.dp.stats.snapshot();
+                if tx.try_send(AgentMessage { kind: Some(agent_message::Kind::Stats(stats)) }).is_err() {
+                    warn!("stats not sent: the control plane stream is backed up");
+                }
+            }
+        }
+    }
+}
+
+async fn do_load(ctx: Arc<Ctx>, load: Load, tx: mpsc::Sender<AgentMessage>) {
+    let Some(model) = load.model else { return };
+    let internal = internal_model_name(&model.name, model.version);
+    let lock = ctx.locks.get(&internal);
+    let _guard = lock.lock().await;
+    let reply = if ctx.dp.backend.ready(&internal) {
+        event(
+            &model.name,
+            model.version,
+            model_event::Kind::Loaded,
+            String::new(),
+            load.memory_bytes,
+        )
+    } else {
+        match artifact::resolve(&load.storage_uri) {
+            Err(e) => event(
+                &model.name,
+                model.version,
+                model_event::Kind::LoadFailed,
+                e.to_string(),
+                0,
+            ),
+            Ok(path) => {
+                let res = tokio::time::timeout(
+                    ctx.config.load_timeout,
+                    ctx.dp.backend.load(&internal, &path),
+                )
+                .await;
+                match res {
+                    Ok(Ok(estimated)) => {
+                        let mem = if load.memory_bytes > 0 {
+                            load.memory_bytes
+                        } else {
+                            estimated
+                        };
+                        ctx.dp
+                            .stats
+                            .model_loaded(&model.name, model.version, &internal, mem);
+                        info!(model = %internal, "loaded");
+                        event(
+                            &model.name,
+                            model.version,
+                            model_event::Kind::Loaded,
+                            String::new(),
+                            mem,
+                        )
+                    }
+                    Ok(Err(e)) => {
+                        warn!(model = %internal, "load failed: {e}");
+                        event(
+                            &model.name,
+                            model.version,
+                            model_event::Kind::LoadFailed,
+                            e.to_string(),
+                            0,
+                        )
+                    }
+                    Err(_) => event(
+                        &model.name,
+                        model.version,
+                        model_event::Kind::LoadFailed,
+                        format!("load timed out after {:?}", ctx.config.load_timeout),
+                        0,
+                    ),
+                }
+            }
+        }
+    };
+    let _ = tx.send(reply).await;
+}
+
+async fn do_unload(ctx: Arc<Ctx>, unload: Unload, tx: mpsc::Sender<AgentMessage>) {
+    let Some(model) = unload.model else { return };
+    let internal = internal_model_name(&model.name, model.version);
+    let lock = ctx.locks.get(&internal);
+    let _guard = lock.lock().await;
+    // Let routers that picked this replica before the routing change finish sending.
+    tokio::time::sleep(ctx.config.unload_grace).await;
+    if let Some(counters) = ctx.dp.stats.model_unloading(&internal) {
+        wait_idle(ctx.config.drain_timeout, || {
+            counters.in_flight.load(Ordering::Relaxed)
+        })
+        .await;
+    }
+    let result = ctx.dp.backend.unload(&internal).await;
+    ctx.dp.stats.model_unloaded(&internal);
+    let reply = match result {
+        Ok(()) | Err(coscale_runtime::RuntimeError::NotFound(_)) => {
+            info!(model = %internal, "unloaded");
+            event(
+                &model.name,
+                model.version,
+                model_event::Kind::Unloaded,
+                String::new(),
+                0,
+            )
+        }
+        Err(e) => event(
+            &model.name,
+            model.version,
+            model_event::Kind::UnloadFailed,
+            e.to_string(),
+            0,
+        ),
+    };
+    let _ = tx.send(reply).await;
+}
+
+/// Waits until `in_flight()` is 0 or the deadline passes.
+pub async fn wait_idle(deadline: Duration, in_flight: impl Fn() -> u32) {
+    let until = Instant::now() + deadline;
+    while in_flight() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

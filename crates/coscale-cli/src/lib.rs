@@ -1,0 +1,137 @@
+//! The `coscale` command line: runs the platform (`up`, `demo`, `agent`, `runtime`)
+//! and talks to it (`apply`, `get`, `describe`, `delete`, `infer`), plus offline tools
+//! (`validate`, `hpa explain`).
+
+pub mod client;
+pub mod demo;
+pub mod infer;
+pub mod objects;
+pub mod output;
+pub mod platform;
+pub mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+/// coscale: serve many models on shared servers and autoscale both, Seldon Core 2 compatible.
+#[derive(Debug, Parser)]
+#[command(name = "coscale", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run control plane, router and server replicas on this machine.
+    Up(serve::UpArgs),
+    /// Start the platform in a temporary directory, serve the examples, show the results.
+    Demo(demo::DemoArgs),
+    /// Create or update Models, Servers and ServerConfigs from manifests.
+    Apply(objects::ApplyArgs),
+    /// Delete objects by manifest or by name.
+    Delete(objects::DeleteArgs),
+    /// List Models or Servers.
+    Get(objects::GetArgs),
+    /// Show one Model or Server in detail: placement, conditions, events.
+    Describe(objects::DescribeArgs),
+    /// Send one inference request through the router.
+    Infer(infer::InferArgs),
+    /// Check manifests offline; exit 1 with every error if any is invalid.
+    Validate(objects::ValidateArgs),
+    /// HorizontalPodAutoscaler tools.
+    Hpa {
+        #[command(subcommand)]
+        command: HpaCommand,
+    },
+    /// Run one server replica's agent (started by the provisioner).
+    #[command(hide = true)]
+    Agent(serve::AgentArgs),
+    /// Run the built-in V2 inference server on its own, with a model repository.
+    Runtime(serve::RuntimeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HpaCommand {
+    /// Explain the decision an HPA makes in a scenario (offline).
+    Explain {
+        /// Scenario file (YAML or JSON).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+/// Sets up logging: `RUST_LOG` or `warn` for client commands, `info` for servers.
+fn init_logging(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(
+        cli.command,
+        Command::Up(_) | Command::Agent(_) | Command::Runtime(_)
+    );
+    init_logging(server);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up(a) => serve::up(a).await,
+        Command::Demo(a) => demo::run(a).await,
+        Command::Apply(a) => objects::apply(a).await,
+        Command::Delete(a) => objects::delete(a).await,
+        Command::Get(a) => objects::get(a).await,
+        Command::Describe(a) => objects::describe(a).await,
+        Command::Infer(a) => infer::run(a).await,
+        Command::Validate(a) => Ok(objects::validate(a)),
+        Command::Hpa {
+            command: HpaCommand::Explain { file, output },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            match coscale_core::hpa::scenario::render(&text, output == Format::Json) {
+                Ok(out) => {
+                    println!("{}", out.trim_end());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Agent(a) => serve::agent(a).await,
+        Command::Runtime(a) => serve::runtime(a).await,
+    }
+}

@@ -1,0 +1,184 @@
+//! The all-in-one platform of `coscale up` (and `coscale demo`): control plane,
+//! router and local provisioner in one process, server replicas as child processes.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use coscale_api::rest::Endpoints;
+use coscale_control::provision::{self, AgentCommand, ProvisionConfig};
+use coscale_control::service::{ControlConfig, ControlPlane};
+use coscale_router::{RouterConfig, RouterHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+/// Options of `coscale up`.
+#[derive(Debug, Clone)]
+pub struct PlatformOptions {
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub agent_addr: SocketAddr,
+    pub router_http_addr: SocketAddr,
+    pub router_grpc_addr: SocketAddr,
+    /// The program that runs an agent (normally this binary) and its first arguments.
+    pub agent_program: PathBuf,
+    pub agent_args: Vec<String>,
+    pub reconcile_interval: Duration,
+    pub stats_interval: Duration,
+    pub router: RouterConfig,
+}
+
+/// A running platform.
+pub struct Platform {
+    pub endpoints: Endpoints,
+    pub token: String,
+    pub control: ControlPlane,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Reads the token in `dir`, or creates one readable only by the user.
+pub fn ensure_token(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_owned();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let token: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..32)
+            .map(|_| format!("{:02x}", rng.random::<u8>()))
+            .collect()
+    };
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?
+    };
+    f.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+impl Platform {
+    /// Starts everything; returns once every listener is bound and `endpoints.json`
+    /// is written.
+    pub async fn start(opts: PlatformOptions) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
+        let token = ensure_token(&opts.data_dir)?;
+        let control = ControlPlane::open(ControlConfig {
+            data_dir: opts.data_dir.clone(),
+            token: token.clone(),
+            reconcile_interval: opts.reconcile_interval,
+            stats_interval: opts.stats_interval,
+        })?;
+        let api = bind(opts.api_addr, "control-plane API").await?;
+        let agents = bind(opts.agent_addr, "agent channel").await?;
+        let rhttp = bind(opts.router_http_addr, "router (REST)").await?;
+        let rgrpc = bind(opts.router_grpc_addr, "router (gRPC)").await?;
+        let api_addr = api.local_addr()?;
+        let agent_addr = agents.local_addr()?;
+        let endpoints = Endpoints {
+            api: format!("http://{api_addr}"),
+            router_http: format!("http://{}", rhttp.local_addr()?),
+            router_grpc: format!("http://{}", rgrpc.local_addr()?),
+            metrics: format!("http://{api_addr}/metrics"),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks = Vec::new();
+        {
+            let app = coscale_control::api::router(control.clone());
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(api, app).with_graceful_shutdown(wait(rx)).await {
+                    tracing::error!("control-plane API failed: {e}");
+                }
+            }));
+        }
+        {
+            let svc = control.agent_service();
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(agents),
+                        wait(rx),
+                    )
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!("agent channel failed: {e}");
+                }
+            }));
+        }
+        {
+            let handle = RouterHandle::new(opts.router.clone(), control.routes());
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = coscale_router::serve(handle, rhttp, rgrpc, wait(rx)).await {
+                    tracing::error!("router failed: {e}");
+                }
+            }));
+        }
+        {
+            let cp = control.clone();
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(
+                async move { cp.run_reconciler(wait(rx)).await },
+            ));
+        }
+        {
+            let cmd = AgentCommand {
+                program: opts.agent_program.clone(),
+                args: opts.agent_args.clone(),
+                control_url: format!("http://{agent_addr}"),
+                token_file: opts.data_dir.join("token"),
+                log_dir: opts.data_dir.join("logs"),
+            };
+            let cp = control.clone();
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                provision::run(cp, cmd, ProvisionConfig::default(), wait(rx)).await
+            }));
+        }
+        let json = serde_json::to_vec_pretty(&endpoints)?;
+        std::fs::write(opts.data_dir.join("endpoints.json"), json)?;
+        info!(api = %endpoints.api, router = %endpoints.router_http, grpc = %endpoints.router_grpc, "coscale is up");
+        Ok(Self {
+            endpoints,
+            token,
+            control,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops every component and every server replica process.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Long-running commands: `coscale up`, `coscale agent`, `coscale runtime`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use coscale_agent::{AgentConfig, Exit};
+use coscale_router::RouterConfig;
+
+use crate::client::Client;
+use crate::objects;
+use crate::platform::{Platform, PlatformOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Where desired state, the token, endpoints.json and replica logs live.
+    #[arg(long, env = "COSCALE_DATA_DIR", default_value = ".coscale")]
+    pub data_dir: PathBuf,
+    /// Control-plane REST API address.
+    #[arg(long, env = "COSCALE_API_ADDR", default_value = "127.0.0.1:9004")]
+    pub api_addr: SocketAddr,
+    /// Address agents connect to (gRPC).
+    #[arg(long, env = "COSCALE_AGENT_ADDR", default_value = "127.0.0.1:9005")]
+    pub agent_addr: SocketAddr,
+    /// Router V2 REST address (the inference endpoint).
+    #[arg(long, env = "COSCALE_ROUTER_ADDR", default_value = "127.0.0.1:9000")]
+    pub router_addr: SocketAddr,
+    /// Router V2 gRPC address.
+    #[arg(
+        long,
+        env = "COSCALE_ROUTER_GRPC_ADDR",
+        default_value = "127.0.0.1:9500"
+    )]
+    pub router_grpc_addr: SocketAddr,
+    /// Manifests to apply once the platform is up.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    /// Largest inference request body (bytes); larger ones get 413.
+    #[arg(long, env = "COSCALE_BODY_LIMIT", default_value_t = 64 << 20)]
+    pub body_limit: usize,
+    /// Seconds between periodic reconciles (retries of unplaced models).
+    #[arg(long, env = "COSCALE_RECONCILE_SECONDS", default_value_t = 1.0)]
+    pub reconcile_seconds: f64,
+}
+
+impl UpArgs {
+    pub fn options(&self) -> anyhow::Result<PlatformOptions> {
+        let program = std::env::current_exe().context("cannot find the coscale binary")?;
+        Ok(PlatformOptions {
+            data_dir: self.data_dir.clone(),
+            api_addr: self.api_addr,
+            agent_addr: self.agent_addr,
+            router_http_addr: self.router_addr,
+            router_grpc_addr: self.router_grpc_addr,
+            agent_program: program,
+            agent_args: vec!["agent".to_owned()],
+            reconcile_interval: Duration::from_secs_f64(self.reconcile_seconds.max(0.05)),
+            stats_interval: Duration::from_secs(1),
+            router: RouterConfig {
+                body_limit_bytes: self.body_limit,
+                ..RouterConfig::default()
+            },
+        })
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let platform = Platform::start(args.options()?).await?;
+    let ep = &platform.endpoints;
+    eprintln!("coscale is up");
+    eprintln!("  api        {}", ep.api);
+    eprintln!(
+        "  inference  {} (REST)  {} (gRPC)",
+        ep.router_http, ep.router_grpc
+    );
+    eprintln!("  metrics    {}", ep.metrics);
+    eprintln!("  data       {}", args.data_dir.display());
+    let client = Client::from_parts(platform.endpoints.clone(), platform.token.clone());
+    for file in &args.files {
+        let req = objects::manifest_request(file, false)?;
+        match client.apply(&req).await {
+            Ok(resp) => objects::print_results(&resp),
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+    }
+    eprintln!("press Ctrl-C to stop");
+    stop_signal().await;
+    eprintln!("stopping...");
+    platform.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Control plane agent endpoint URL.
+    #[arg(long, env = "COSCALE_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// File holding the bearer token.
+    #[arg(long, env = "COSCALE_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    #[arg(long)]
+    pub server: String,
+    #[arg(long)]
+    pub replica: u32,
+    #[arg(long, default_value = "builtin")]
+    pub runtime: String,
+    /// Comma-separated capabilities.
+    #[arg(long, value_delimiter = ',', default_value = "onnx")]
+    pub capabilities: Vec<String>,
+    #[arg(long, default_value_t = 1 << 30)]
+    pub memory_bytes: u64,
+    #[arg(long, default_value_t = 10)]
+    pub overcommit_percent: u32,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub http_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub grpc_addr: SocketAddr,
+    /// Exit after the control plane is unreachable this many seconds (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub exit_after_disconnect: u64,
+    #[arg(long, env = "COSCALE_BODY_LIMIT", default_value_t = 64 << 20)]
+    pub body_limit: usize,
+}
+
+pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let token = std::fs::read_to_string(&a.token_file)
+        .with_context(|| format!("cannot read the token file {}", a.token_file.display()))?
+        .trim()
+        .to_owned();
+    let mut cfg = AgentConfig::new(a.control_plane, token, a.server, a.replica);
+    cfg.runtime = a.runtime;
+    cfg.capabilities = a.capabilities;
+    cfg.memory_bytes = a.memory_bytes;
+    cfg.overcommit_percent = a.overcommit_percent;
+    cfg.http_addr = a.http_addr;
+    cfg.grpc_addr = a.grpc_addr;
+    cfg.body_limit = a.body_limit;
+    cfg.exit_after_disconnect =
+        (a.exit_after_disconnect > 0).then(|| Duration::from_secs(a.exit_after_disconnect));
+    let exit = coscale_agent::run(cfg, stop_signal()).await?;
+    Ok(match exit {
+        Exit::Drained | Exit::Shutdown => ExitCode::SUCCESS,
+        Exit::ControlPlaneGone => {
+            eprintln!("error: the control plane has been unreachable too long; exiting");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RuntimeArgs {
+    /// Model repository: one folder per model holding its ONNX file.
+    #[arg(long)]
+    pub repository: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub grpc_addr: SocketAddr,
+    /// Models to load at start (folder names in the repository).
+    #[arg(long = "load")]
+    pub load: Vec<String>,
+    #[arg(long, default_value_t = 64 << 20)]
+    pub body_limit: usize,
+}
+
+pub async fn runtime(a: RuntimeArgs) -> anyhow::Result<ExitCode> {
+    let engine = Arc::new(coscale_runtime::Engine::new());
+    for name in &a.load {
+        coscale_runtime::load_from_repository(&engine, &a.repository, name)
+            .with_context(|| format!("cannot load {name}"))?;
+    }
+    let http = tokio::net::TcpListener::bind(a.http_addr).await?;
+    let grpc = tokio::net::TcpListener::bind(a.grpc_addr).await?;
+    eprintln!(
+        "coscale runtime: REST http://{}  gRPC http://{}",
+        http.local_addr()?,
+        grpc.local_addr()?
+    );
+    let app = coscale_runtime::rest_router(engine.clone(), a.repository.clone(), a.body_limit);
+    let svc = coscale_runtime::grpc_service(engine, a.repository.clone());
+    let rest = axum::serve(http, app).with_graceful_shutdown(stop_signal());
+    let grpc = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            stop_signal(),
+        );
+    let (r, g) = tokio::join!(rest, grpc);
+    r?;
+    g?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,429 @@
+//! The control plane's REST/JSON API (`/api/v1/...`), authenticated with the bearer
+//! token, plus `/metrics` (also authenticated) and `/healthz` (open).
+
+use axum::extract::{DefaultBodyLimit, Path, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coscale_api::rest::{
+    ApplyResponse, ErrorResponse, ManifestRequest, ModelStatus, ObjectResult, ServerStatus,
+};
+use coscale_core::resources::{parse_manifests, Resource};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::service::{now_millis, ControlPlane};
+use crate::state::{Persist, State};
+
+/// Largest manifest body accepted by apply/delete.
+const MANIFEST_BODY_LIMIT: usize = 8 << 20;
+
+/// Every failure of the API, mapped to a status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        details: Vec<String>,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let details = match &self {
+            ApiError::Invalid { details, .. } => details.clone(),
+            _ => Vec::new(),
+        };
+        (
+            status,
+            Json(ErrorResponse {
+                error: self.to_string(),
+                details,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The API router.
+pub fn router(cp: ControlPlane) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/delete", post(delete_manifest))
+        .route("/api/v1/models", get(list_models))
+        .route("/api/v1/models/{name}", get(get_model).delete(delete_model))
+        .route("/api/v1/servers", get(list_servers))
+        .route(
+            "/api/v1/servers/{name}",
+            get(get_server).delete(delete_server),
+        )
+        .route(
+            "/api/v1/serverconfigs/{name}",
+            axum::routing::delete(delete_config),
+        )
+        .route("/api/v1/routes", get(routes))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(cp.clone(), auth))
+        .layer(DefaultBodyLimit::max(MANIFEST_BODY_LIMIT));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(authed)
+        .with_state(cp)
+}
+
+async fn auth(
+    AxState(cp): AxState<ControlPlane>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if cp.check_token(presented) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+fn parse(req: &ManifestRequest) -> Result<Vec<Resource>, ApiError> {
+    let mut resources =
+        parse_manifests(&req.source, &req.text).map_err(|errs| ApiError::Invalid {
+            message: format!("{} is invalid: nothing was applied", req.source),
+            details: errs.0.iter().map(|e| e.to_string()).collect(),
+        })?;
+    if let Some(base) = &req.base_dir {
+        for r in &mut resources {
+            if let Resource::Model(m) = r {
+                m.spec.storage_uri = resolve_relative(&m.spec.storage_uri, base);
+            }
+        }
+    }
+    Ok(resources)
+}
+
+/// `file://rel/path` and `rel/path` become `file:///base/rel/path`; anything else
+/// (absolute paths, remote schemes) is kept as written.
+pub fn resolve_relative(uri: &str, base: &str) -> String {
+    let rel = match uri.strip_prefix("file://") {
+        Some(rest) => rest,
+        None if !uri.contains("://") => uri,
+        None => return uri.to_owned(),
+    };
+    if rel.starts_with('/') || rel.is_empty() {
+        return uri.to_owned();
+    }
+    let mut path = std::path::PathBuf::from(base);
+    for part in std::path::Path::new(rel).components() {
+        match part {
+            std::path::Component::ParentDir => {
+                path.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => path.push(other),
+        }
+    }
+    format!("file://{}", path.display())
+}
+
+/// Cross-object checks that need the current state: every Server's ServerConfig
+/// must exist (already, or in the same request).
+fn check_references(state: &State, resources: &[Resource], source: &str) -> Result<(), ApiError> {
+    let mut details = Vec::new();
+    for r in resources {
+        if let Resource::Server(s) = r {
+            let in_batch = resources
+                .iter()
+                .any(|o| matches!(o, Resource::ServerConfig(c) if c.name == s.server_config));
+            if !in_batch && !state.config_exists(&s.server_config) {
+                details.push(format!(
+                    "{source}: Server {:?}: spec.serverConfig: ServerConfig {:?} does not exist (built in: builtin, mlserver, triton)",
+                    s.name.as_str(),
+                    s.server_config
+                ));
+            }
+        }
+    }
+    if details.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            message: format!("{source} refers to missing objects: nothing was applied"),
+            details,
+        })
+    }
+}
+
+/// Order of application: ServerConfigs, then Servers, then Models.
+fn rank(r: &Resource) -> u8 {
+    match r {
+        Resource::ServerConfig(_) => 0,
+        Resource::Server(_) => 1,
+        Resource::Model(_) => 2,
+    }
+}
+
+fn preview(state: &State, r: &Resource) -> &'static str {
+    let same = match r {
+        Resource::Model(m) => state
+            .models
+            .get(&m.name)
+            .map(|rec| !rec.deleted && rec.model == *m),
+        Resource::Server(s) => state.servers.get(&s.name).map(|rec| rec.server == *s),
+        Resource::ServerConfig(c) => state.configs.get(&c.name).map(|rec| rec.config == *c),
+    };
+    match same {
+        None => "created",
+        Some(true) => "unchanged",
+        Some(false) => "configured",
+    }
+}
+
+fn warnings_for(r: &Resource) -> Vec<String> {
+    match r {
+        Resource::Model(m)
+            if m.spec.storage_uri.starts_with("gs://")
+                || m.spec.storage_uri.starts_with("s3://")
+                || m.spec.storage_uri.starts_with("https://") =>
+        {
+            vec![format!(
+                "storageUri {} is remote; local mode loads file:// URIs and paths only, so this model will fail to load",
+                m.spec.storage_uri
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+async fn apply(
+    AxState(cp): AxState<ControlPlane>,
+    Json(req): Json<ManifestRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let mut resources = parse(&req)?;
+    resources.sort_by_key(rank);
+    let now = now_millis();
+    let mut results = Vec::new();
+    let mut changes = Vec::new();
+    {
+        let mut st = cp.state();
+        check_references(&st, &resources, &req.source)?;
+        for r in resources {
+            let kind = r.kind().to_owned();
+            let name = r.name().to_owned();
+            let warnings = warnings_for(&r);
+            let action = if req.dry_run {
+                preview(&st, &r)
+            } else {
+                let (action, change) = match r {
+                    Resource::Model(m) => st.apply_model(m, now),
+                    Resource::Server(s) => st.apply_server(s, now),
+                    Resource::ServerConfig(c) => st.apply_config(c, now),
+                };
+                changes.extend(change);
+                action
+            };
+            results.push(ObjectResult {
+                kind,
+                name,
+                action: action.to_owned(),
+                warnings,
+            });
+        }
+    }
+    cp.commit(&changes)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(ApplyResponse {
+        dry_run: req.dry_run,
+        results,
+    }))
+}
+
+fn delete_one(st: &mut State, kind: &str, name: &str, now: u64) -> Option<Persist> {
+    match kind {
+        "Model" => st.delete_model(name, now),
+        "Server" => st.delete_server(name, now),
+        _ => st.delete_config(name),
+    }
+}
+
+async fn delete_manifest(
+    AxState(cp): AxState<ControlPlane>,
+    Json(req): Json<ManifestRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let resources = parse(&req)?;
+    let now = now_millis();
+    let mut results = Vec::new();
+    let mut changes = Vec::new();
+    {
+        let mut st = cp.state();
+        for r in resources.iter().rev() {
+            let change = if req.dry_run {
+                None
+            } else {
+                delete_one(&mut st, r.kind(), r.name(), now)
+            };
+            let action = if change.is_some() || req.dry_run {
+                "deleted"
+            } else {
+                "not found"
+            };
+            changes.extend(change);
+            results.push(ObjectResult {
+                kind: r.kind().to_owned(),
+                name: r.name().to_owned(),
+                action: action.to_owned(),
+                warnings: Vec::new(),
+            });
+        }
+    }
+    cp.commit(&changes)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(ApplyResponse {
+        dry_run: req.dry_run,
+        results,
+    }))
+}
+
+async fn delete_by_name(
+    cp: ControlPlane,
+    kind: &'static str,
+    name: String,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let change = delete_one(&mut cp.state(), kind, &name, now_millis())
+        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
+    cp.commit(&[change])
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(ApplyResponse {
+        dry_run: false,
+        results: vec![ObjectResult {
+            kind: kind.to_owned(),
+            name,
+            action: "deleted".to_owned(),
+            warnings: Vec::new(),
+        }],
+    }))
+}
+
+async fn delete_model(
+    AxState(cp): AxState<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    delete_by_name(cp, "Model", name).await
+}
+
+async fn delete_server(
+    AxState(cp): AxState<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    delete_by_name(cp, "Server", name).await
+}
+
+async fn delete_config(
+    AxState(cp): AxState<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    delete_by_name(cp, "ServerConfig", name).await
+}
+
+async fn list_models(AxState(cp): AxState<ControlPlane>) -> Json<Vec<ModelStatus>> {
+    Json(cp.state().model_statuses())
+}
+
+async fn get_model(
+    AxState(cp): AxState<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelStatus>, ApiError> {
+    cp.state()
+        .model_status(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("Model {name:?} not found")))
+}
+
+async fn list_servers(AxState(cp): AxState<ControlPlane>) -> Json<Vec<ServerStatus>> {
+    Json(cp.state().server_statuses())
+}
+
+async fn get_server(
+    AxState(cp): AxState<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<ServerStatus>, ApiError> {
+    cp.state()
+        .server_status(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("Server {name:?} not found")))
+}
+
+async fn routes(AxState(cp): AxState<ControlPlane>) -> Json<coscale_api::routing::RoutingTable> {
+    Json((*cp.routes().borrow()).as_ref().clone())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ServerLabel {
+    server: String,
+}
+
+/// `coscale_control_*` gauges, computed from the state at scrape time.
+async fn metrics(AxState(cp): AxState<ControlPlane>) -> Result<Response, ApiError> {
+    let mut registry = Registry::default();
+    let models = Family::<StateLabel, Gauge>::default();
+    let desired = Family::<ServerLabel, Gauge>::default();
+    let ready = Family::<ServerLabel, Gauge>::default();
+    {
+        let st = cp.state();
+        for (state, n) in st.model_state_counts() {
+            models
+                .get_or_create(&StateLabel {
+                    state: state.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        for s in st.server_statuses() {
+            let l = ServerLabel { server: s.name };
+            desired.get_or_create(&l).set(i64::from(s.desired_replicas));
+            ready.get_or_create(&l).set(i64::from(s.ready_replicas));
+        }
+    }
+    registry.register("coscale_control_models", "Models by state", models);
+    registry.register(
+        "coscale_server_desired_replicas",
+        "Desired server replicas",
+        desired,
+    );
+    registry.register(
+        "coscale_server_ready_replicas",
+        "Server replicas connected and ready",
+        ready,
+    );
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,158 @@
+//! ServerConfigs: the built-in ones (`builtin`, `mlserver`, `triton`) and how a
+//! Server plus its ServerConfig turn into what a server replica runs with.
+
+use coscale_core::quantity::Quantity;
+use coscale_core::resources::{Server, ServerConfig};
+use serde::{Deserialize, Serialize};
+
+/// Default memory capacity of a server replica when nothing sets one.
+pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
+/// Default overcommit, as in Seldon's Helm chart.
+pub const DEFAULT_OVERCOMMIT_PERCENT: u32 = 10;
+
+/// Which inference server a replica runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// coscale's in-process ONNX runtime.
+    Builtin,
+    Mlserver,
+    Triton,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::Mlserver => "mlserver",
+            Self::Triton => "triton",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "builtin" => Some(Self::Builtin),
+            "mlserver" => Some(Self::Mlserver),
+            "triton" => Some(Self::Triton),
+            _ => None,
+        }
+    }
+
+    /// Capabilities a replica of this runtime advertises by default (Seldon's Helm
+    /// defaults for mlserver and triton).
+    pub fn default_capabilities(self) -> Vec<String> {
+        let caps: &[&str] = match self {
+            Self::Builtin => &["onnx"],
+            Self::Mlserver => &[
+                "mlserver",
+                "alibi-detect",
+                "alibi-explain",
+                "huggingface",
+                "lightgbm",
+                "mlflow",
+                "python",
+                "sklearn",
+                "spark-mlib",
+                "xgboost",
+            ],
+            Self::Triton => &[
+                "triton",
+                "dali",
+                "fil",
+                "onnx",
+                "openvino",
+                "python",
+                "pytorch",
+                "tensorflow",
+                "tensorrt",
+            ],
+        };
+        caps.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+
+/// The built-in ServerConfig names.
+pub fn builtin(name: &str) -> Option<RuntimeKind> {
+    RuntimeKind::parse(name)
+}
+
+/// Everything the provisioner needs to start a replica of a Server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerLaunch {
+    pub runtime: RuntimeKind,
+    pub capabilities: Vec<String>,
+    pub memory_bytes: u64,
+    pub overcommit_percent: u32,
+    pub replicas: u32,
+}
+
+/// Runtime of a user-defined ServerConfig: from its containers' names or images
+/// (`mlserver`, `triton`), else the built-in runtime.
+fn runtime_of_pod_spec(pod_spec: &serde_json::Value) -> Option<RuntimeKind> {
+    let containers = pod_spec.get("containers")?.as_array()?;
+    containers.iter().find_map(|c| {
+        let text = format!(
+            "{} {}",
+            c.get("name").and_then(|v| v.as_str()).unwrap_or(""),
+            c.get("image").and_then(|v| v.as_str()).unwrap_or("")
+        );
+        if text.contains("mlserver") {
+            Some(RuntimeKind::Mlserver)
+        } else if text.contains("triton") {
+            Some(RuntimeKind::Triton)
+        } else {
+            None
+        }
+    })
+}
+
+/// The largest `resources.requests.memory` (else `limits.memory`) among the pod
+/// spec's containers.
+fn memory_of_pod_spec(pod_spec: &serde_json::Value) -> Option<u64> {
+    let containers = pod_spec.get("containers")?.as_array()?;
+    containers
+        .iter()
+        .filter_map(|c| {
+            let res = c.get("resources")?;
+            let mem = res
+                .get("requests")
+                .and_then(|r| r.get("memory"))
+                .or_else(|| res.get("limits").and_then(|r| r.get("memory")))?;
+            let q: Quantity = serde_json::from_value(mem.clone()).ok()?;
+            Some(q.as_bytes())
+        })
+        .max()
+}
+
+/// Resolves a Server against its ServerConfig (None = built-in or missing).
+pub fn launch(server: &Server, config: Option<&ServerConfig>) -> ServerLaunch {
+    let runtime = config
+        .and_then(|c| runtime_of_pod_spec(&c.pod_spec))
+        .or_else(|| builtin(&server.server_config))
+        .unwrap_or(RuntimeKind::Builtin);
+    let mut capabilities = if server.capabilities.is_empty() {
+        let mut caps = runtime.default_capabilities();
+        for extra in &server.extra_capabilities {
+            if !caps.contains(extra) {
+                caps.push(extra.clone());
+            }
+        }
+        caps
+    } else {
+        server.capabilities.clone()
+    };
+    capabilities.dedup();
+    let memory_bytes = server
+        .pod_spec
+        .as_ref()
+        .and_then(memory_of_pod_spec)
+        .or_else(|| config.and_then(|c| memory_of_pod_spec(&c.pod_spec)))
+        .unwrap_or(DEFAULT_MEMORY_BYTES);
+    ServerLaunch {
+        runtime,
+        capabilities,
+        memory_bytes,
+        overcommit_percent: DEFAULT_OVERCOMMIT_PERCENT,
+        replicas: server.scaling.replicas,
+    }
+}
