@@ -95,16 +95,26 @@ fn split_documents(text: &str) -> Vec<Piece> {
     }
     let mut pieces = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match Value::deserialize(document) {
-            Ok(Value::Null) => {}
-            Ok(value) => pieces.push(Piece::Document {
-                number: i + 1,
-                value,
+        let number = i + 1;
+        match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => {}
+            // Well-formed YAML that JSON cannot hold (e.g. a non-string key): this
+            // document is bad, the following ones are still read.
+            Ok(yaml) => pieces.push(match serde_json::to_value(&yaml) {
+                Ok(value) => Piece::Document { number, value },
+                Err(e) => Piece::Unreadable {
+                    number,
+                    message: format!("unsupported YAML: {e}"),
+                },
             }),
-            Err(e) => pieces.push(Piece::Unreadable {
-                number: i + 1,
-                message: format!("invalid YAML: {e}"),
-            }),
+            // A syntax error ends the stream: serde_yaml cannot resynchronise after it.
+            Err(e) => {
+                pieces.push(Piece::Unreadable {
+                    number,
+                    message: format!("invalid YAML: {e}"),
+                });
+                break;
+            }
         }
     }
     pieces
@@ -282,21 +292,22 @@ fn deserialize_collecting<T: DeserializeOwned>(value: &Value) -> Collected<T> {
         let mut segments = to_segments(error.path());
         let message = error.inner().to_string();
         if let Some((name, expected)) = parse_unknown_field(&message) {
+            let known: Vec<&str> = expected.iter().map(String::as_str).collect();
+            let near = suggest::nearest(&name, &known);
             if let Some(segs) = &mut segments {
                 if segs.last() == Some(&Seg::Key(name.clone())) {
                     segs.pop();
                 }
-                let known: Vec<&str> = expected.iter().map(String::as_str).collect();
-                if let Some(near) = suggest::nearest(&name, &known) {
+                if let Some(near) = near {
                     let mut suggested = segs.clone();
                     suggested.push(Seg::Key(near.to_owned()));
                     covered.push(render_path(Some(&suggested)));
                 }
-                segs.push(Seg::Key(name.clone()));
+                segs.push(Seg::Key(name));
             }
             errors.push(FieldError::new(
                 render_path(segments.as_deref()),
-                unknown_field_message(&name, &expected),
+                unknown_field_message(near, &known),
             ));
         } else {
             errors.push(FieldError::new(render_path(segments.as_deref()), message));
@@ -403,9 +414,8 @@ fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
     }
 }
 
-fn unknown_field_message(name: &str, expected: &[String]) -> String {
-    let known: Vec<&str> = expected.iter().map(String::as_str).collect();
-    match suggest::nearest(name, &known) {
+fn unknown_field_message(near: Option<&str>, known: &[&str]) -> String {
+    match near {
         Some(near) => format!("unknown field; did you mean {near:?}?"),
         None if known.is_empty() => "unknown field; this object has no fields".to_owned(),
         None => format!("unknown field; expected one of: {}", known.join(", ")),
