@@ -33,6 +33,12 @@ fn server(text: &str) -> Server {
     }
 }
 
+/// The first error is at `path` and its message contains `words`.
+fn assert_first_error(e: &ManifestErrors, path: &str, words: &str) {
+    assert_eq!(e.0[0].path, path, "{e}");
+    assert!(e.0[0].message.contains(words), "{e}");
+}
+
 /// (path, message) of every error.
 fn paths_and_messages(e: &ManifestErrors) -> Vec<(String, String)> {
     e.0.iter()
@@ -100,11 +106,7 @@ fn an_unknown_field_without_a_close_match_lists_the_known_ones() {
 fn a_wrong_type_is_reported_with_its_field_path() {
     let e = errors(&model_yaml("iris", "  replicas: two\n"));
     assert_eq!(e.0.len(), 1, "{e}");
-    assert_eq!(e.0[0].path, "spec.replicas");
-    assert!(
-        e.0[0].message.contains("invalid type: string \"two\""),
-        "{e}"
-    );
+    assert_first_error(&e, "spec.replicas", "invalid type: string \"two\"");
     assert_eq!(e.0[0].object.as_deref(), Some("Model \"iris\""));
 }
 
@@ -154,8 +156,7 @@ fn one_bad_document_rejects_the_whole_file_and_lists_only_its_errors() {
     let e = errors(&text);
     assert_eq!(e.0.len(), 1, "{e}");
     assert_eq!(e.0[0].document, 2);
-    assert_eq!(e.0[0].path, "spec.replicas");
-    assert!(e.0[0].message.contains("negative"), "{e}");
+    assert_first_error(&e, "spec.replicas", "negative");
 }
 
 #[test]
@@ -282,8 +283,7 @@ fn model_names_follow_the_model_name_rule() {
 fn server_names_must_be_dns1123_labels() {
     let e = errors(&server_yaml("mlserver.name", "  serverConfig: mlserver\n"));
     assert_eq!(e.0.len(), 1);
-    assert_eq!(e.0[0].path, "metadata.name");
-    assert!(e.0[0].message.contains("DNS-1123"), "{e}");
+    assert_first_error(&e, "metadata.name", "DNS-1123");
     let e = errors(&server_yaml(&"a".repeat(64), "  serverConfig: mlserver\n"));
     assert!(e.0[0].message.contains("DNS-1123"), "{e}");
     assert_eq!(
@@ -299,8 +299,7 @@ fn server_names_must_be_dns1123_labels() {
 fn a_server_without_server_config_is_rejected() {
     let e = errors(&server_yaml("mlserver", "  replicas: 1\n"));
     assert_eq!(e.0.len(), 1);
-    assert_eq!(e.0[0].path, "spec.serverConfig");
-    assert!(e.0[0].message.contains("serverConfig is required"), "{e}");
+    assert_first_error(&e, "spec.serverConfig", "serverConfig is required");
 }
 
 #[test]
@@ -319,16 +318,9 @@ fn explainer_and_llm_models_are_rejected_naming_the_field() {
         "x",
         "  explainer:\n    type: anchor_tabular\n    modelRef: income\n",
     ));
-    assert_eq!(e.0[0].path, "spec.explainer");
-    assert!(
-        e.0[0]
-            .message
-            .contains("explainer models are not supported"),
-        "{e}"
-    );
+    assert_first_error(&e, "spec.explainer", "explainer models are not supported");
     let e = errors(&model_yaml("x", "  llm:\n    modelRef: base\n"));
-    assert_eq!(e.0[0].path, "spec.llm");
-    assert!(e.0[0].message.contains("not supported"), "{e}");
+    assert_first_error(&e, "spec.llm", "not supported");
 }
 
 #[test]
@@ -377,8 +369,7 @@ fn replica_counts_are_validated_with_the_field_path() {
         "iris",
         "  replicas: 5\n  minReplicas: 1\n  maxReplicas: 4\n",
     ));
-    assert_eq!(e.0[0].path, "spec.replicas");
-    assert!(e.0[0].message.contains("scaling spec is invalid"), "{e}");
+    assert_first_error(&e, "spec.replicas", "scaling spec is invalid");
     let e = errors(&server_yaml(
         "s",
         "  serverConfig: mlserver\n  replicas: 6\n  minReplicas: 6\n  maxReplicas: 4\n",
@@ -410,8 +401,7 @@ fn only_spec_changes_other_than_replicas_make_a_new_version() {
 #[test]
 fn memory_must_be_a_non_negative_quantity() {
     let e = errors(&model_yaml("iris", "  memory: lots\n"));
-    assert_eq!(e.0[0].path, "spec.memory");
-    assert!(e.0[0].message.contains("invalid quantity"), "{e}");
+    assert_first_error(&e, "spec.memory", "invalid quantity");
     let e = errors(&model_yaml("iris", "  memory: -1Mi\n"));
     assert_eq!(e.0[0].path, "spec.memory");
     assert_eq!(
@@ -442,8 +432,7 @@ fn server_fields_are_kept_as_written() {
         "mlserver",
         "  serverConfig: mlserver\n  imageOverrides:\n    agnet: {}\n",
     ));
-    assert_eq!(e.0[0].path, "spec.imageOverrides.agnet");
-    assert!(e.0[0].message.contains("did you mean \"agent\""), "{e}");
+    assert_first_error(&e, "spec.imageOverrides.agnet", "did you mean \"agent\"");
 }
 
 #[test]
@@ -477,13 +466,7 @@ fn unsupported_kinds_and_api_versions_are_rejected_clearly() {
         "HorizontalPodAutoscaler is not supported yet"
     );
     let e = errors(&doc("mlops.seldon.io/v1alpha2", "Model"));
-    assert_eq!(e.0[0].path, "apiVersion");
-    assert!(
-        e.0[0]
-            .message
-            .contains("must be \"mlops.seldon.io/v1alpha1\""),
-        "{e}"
-    );
+    assert_first_error(&e, "apiVersion", "must be \"mlops.seldon.io/v1alpha1\"");
     let e = errors(&doc("v1", "ConfigMap"));
     assert_eq!(e.0[0].path, "kind");
     let e = errors("metadata:\n  name: x\n");

@@ -145,6 +145,23 @@ fn meta(raw: Option<RawMeta>, rule: NameRule, p: &mut Problems) -> Meta {
     }
 }
 
+/// Checks `metadata` and that `spec` is present; `needs` says what a spec must hold.
+fn meta_and_spec<S>(
+    raw: RawObject<S>,
+    rule: NameRule,
+    needs: &str,
+) -> Result<(Problems, Meta, S), Vec<FieldError>> {
+    let mut p = Problems::default();
+    let meta = meta(raw.metadata, rule, &mut p);
+    match raw.spec {
+        Some(spec) => Ok((p, meta, spec)),
+        None => {
+            p.push("spec", format!("spec is required (at least {needs})"));
+            Err(p.0)
+        }
+    }
+}
+
 fn scaling(replicas: Option<i32>, min: Option<i32>, max: Option<i32>, p: &mut Problems) -> Scaling {
     validated_scaling(replicas, min, max).unwrap_or_else(|e| {
         p.push(format!("spec.{}", e.field()), e.to_string());
@@ -189,12 +206,7 @@ fn memory_bytes(q: Quantity, p: &mut Problems) -> Option<u64> {
 }
 
 pub(crate) fn model(_doc: &Value, raw: RawObject<RawModelSpec>) -> Result<Model, Vec<FieldError>> {
-    let mut p = Problems::default();
-    let meta = meta(raw.metadata, NameRule::Model, &mut p);
-    let Some(spec) = raw.spec else {
-        p.push("spec", "spec is required (at least storageUri)");
-        return Err(p.0);
-    };
+    let (mut p, meta, spec) = meta_and_spec(raw, NameRule::Model, "storageUri")?;
     let storage_uri = spec.storage_uri.unwrap_or_default().trim().to_owned();
     if storage_uri.is_empty() {
         p.push(
@@ -272,12 +284,7 @@ pub(crate) fn server(
     doc: &Value,
     raw: RawObject<RawServerSpec>,
 ) -> Result<Server, Vec<FieldError>> {
-    let mut p = Problems::default();
-    let meta = meta(raw.metadata, NameRule::Dns1123Label("Server"), &mut p);
-    let Some(spec) = raw.spec else {
-        p.push("spec", "spec is required (at least serverConfig)");
-        return Err(p.0);
-    };
+    let (mut p, meta, spec) = meta_and_spec(raw, NameRule::Dns1123Label("Server"), "serverConfig")?;
     let server_config = spec.server_config.unwrap_or_default().trim().to_owned();
     if server_config.is_empty() {
         p.push(
@@ -320,12 +327,8 @@ pub(crate) fn server_config(
     doc: &Value,
     raw: RawObject<RawServerConfigSpec>,
 ) -> Result<ServerConfig, Vec<FieldError>> {
-    let mut p = Problems::default();
-    let meta = meta(raw.metadata, NameRule::Dns1123Label("ServerConfig"), &mut p);
-    let Some(spec) = raw.spec else {
-        p.push("spec", "spec is required (at least podSpec)");
-        return Err(p.0);
-    };
+    let (mut p, meta, spec) =
+        meta_and_spec(raw, NameRule::Dns1123Label("ServerConfig"), "podSpec")?;
     let pod_spec = match spec.pod_spec.and_then(|_| as_written(doc, "/spec/podSpec")) {
         Some(pod_spec) => pod_spec,
         None => {
