@@ -1,0 +1,242 @@
+//! The V2 gRPC service over a real TCP listener, driven by the generated tonic client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use coscale_api::pb::inference as pb;
+use coscale_api::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use coscale_api::v2::{InferResponse, TensorData};
+use coscale_runtime::{grpc_service, Engine, MAX_GRPC_MESSAGE_SIZE};
+use tonic::transport::Channel;
+
+async fn start() -> GrpcInferenceServiceClient<Channel> {
+    let engine = Arc::new(Engine::new());
+    engine.load("iris", &models_dir().join("iris")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = grpc_service(engine, models_dir());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    GrpcInferenceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_SIZE)
+}
+
+fn labels(resp: pb::ModelInferResponse) -> Vec<i64> {
+    let decoded = InferResponse::from_proto(resp).unwrap();
+    match &decoded
+        .outputs
+        .iter()
+        .find(|o| o.name == "label")
+        .unwrap()
+        .data
+    {
+        TensorData::Int64(v) => v.clone(),
+        other => panic!("label is not INT64: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn health_and_metadata_rpcs_answer() {
+    let mut c = start().await;
+    assert!(
+        c.server_live(pb::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        c.server_ready(pb::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let server = c
+        .server_metadata(pb::ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(server.name, "coscale-runtime");
+    let ready = |name: &str, version: &str| pb::ModelReadyRequest {
+        name: name.into(),
+        version: version.into(),
+    };
+    assert!(
+        c.model_ready(ready("iris", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert!(
+        c.model_ready(ready("iris", "1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert!(
+        !c.model_ready(ready("iris", "2"))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    assert!(
+        !c.model_ready(ready("nope", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let meta = c
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "iris".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.platform, "onnx");
+    assert_eq!(meta.inputs[0].shape, vec![-1, 4]);
+    assert_eq!(
+        meta.outputs
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>(),
+        ["label", "probabilities"]
+    );
+}
+
+#[tokio::test]
+async fn raw_requests_get_raw_outputs_and_typed_requests_typed_ones() {
+    let mut c = start().await;
+    let raw = c
+        .model_infer(iris_request(&ROWS).to_proto("iris", None, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raw.raw_output_contents.len(), 2);
+    assert!(raw.outputs.iter().all(|o| o.contents.is_none()));
+    assert_eq!(raw.id, "req-1");
+    assert_eq!(labels(raw), IRIS_LABELS.to_vec());
+
+    let typed = c
+        .model_infer(iris_request(&ROWS[..3]).to_proto("iris", Some("1"), false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(typed.raw_output_contents.is_empty());
+    assert_eq!(
+        typed.outputs[0].contents.as_ref().unwrap().int64_contents,
+        IRIS_LABELS[..3].to_vec()
+    );
+}
+
+#[tokio::test]
+async fn errors_map_to_not_found_and_invalid_argument() {
+    let mut c = start().await;
+    let err = c
+        .model_infer(iris_request(&ROWS[..1]).to_proto("nope", None, true))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::NotFound, "model 'nope' not found")
+    );
+    let mut bad = iris_request(&ROWS[..1]);
+    bad.inputs[0].shape = vec![4, 1];
+    let err = c
+        .model_infer(bad.to_proto("iris", None, true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("has shape [4, 1]"),
+        "{}",
+        err.message()
+    );
+    let mut short = iris_request(&ROWS[..1]).to_proto("iris", None, true);
+    short.raw_input_contents[0].truncate(6);
+    let err = c.model_infer(short).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("not a whole number of FP32 elements"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn repository_rpcs_load_list_and_unload_models() {
+    let mut c = start().await;
+    let index = |ready: bool| pb::RepositoryIndexRequest {
+        repository_name: String::new(),
+        ready,
+    };
+    let all = c
+        .repository_index(index(false))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let state = |models: &[pb::repository_index_response::ModelIndex], name: &str| {
+        models
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.state.clone())
+    };
+    assert_eq!(state(&all, "iris").as_deref(), Some("READY"));
+    assert_eq!(state(&all, "iris-mlp").as_deref(), Some("UNAVAILABLE"));
+
+    let load = pb::RepositoryModelLoadRequest {
+        model_name: "iris-mlp".into(),
+        ..Default::default()
+    };
+    c.repository_model_load(load).await.unwrap();
+    let ready = c
+        .repository_index(index(true))
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(
+        ready.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["iris", "iris-mlp"]
+    );
+    let resp = c
+        .model_infer(iris_request(&ROWS).to_proto("iris-mlp", None, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(labels(resp), IRIS_MLP_LABELS.to_vec());
+
+    let unload = pb::RepositoryModelUnloadRequest {
+        model_name: "iris-mlp".into(),
+        ..Default::default()
+    };
+    c.repository_model_unload(unload.clone()).await.unwrap();
+    assert_eq!(
+        c.repository_model_unload(unload).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let absent = pb::RepositoryModelLoadRequest {
+        model_name: "absent".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.repository_model_load(absent).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+}
