@@ -1,0 +1,374 @@
+//! End-to-end tests of the local platform through the real `coscale` binary:
+//! control plane + router + agent processes + built-in runtime on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coscale_api::v2::{InferRequest, TensorData};
+use coscale_cli::infer::V2Client;
+use support::*;
+
+fn iris() -> (InferRequest, Vec<u8>) {
+    let req = InferRequest::from_json(IRIS_REQUEST.as_bytes(), None).unwrap();
+    (req, IRIS_REQUEST.as_bytes().to_vec())
+}
+
+fn labels(resp: &coscale_api::v2::InferResponse) -> Vec<i64> {
+    let out = resp.outputs.iter().find(|o| o.name == "label").unwrap();
+    match &out.data {
+        TensorData::Int64(v) => v.clone(),
+        other => panic!("label is not INT64: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_router() {
+    let up = Up::start("three", &[]).await;
+    let resp = up
+        .apply_file(&examples().join("manifests/demo.yaml"))
+        .await
+        .unwrap();
+    assert_eq!(resp.results.len(), 4);
+    up.wait_available("iris", 2).await;
+    up.wait_available("iris-mlp", 1).await;
+    up.wait_available("iris-b", 1).await;
+
+    // placement: iris on both replicas, every model on server onnx, low ordinals first
+    let placed = up.model("iris").await.unwrap();
+    assert_eq!(placed.server.as_deref(), Some("onnx"));
+    let mut reps: Vec<u32> = placed.replicas.iter().map(|r| r.replica).collect();
+    reps.sort();
+    assert_eq!(reps, vec![0, 1]);
+    let server = up.server("onnx").await.unwrap();
+    assert_eq!(server.ready_replicas, 2);
+    assert_eq!(server.loaded_models, 4);
+
+    let (req, body) = iris();
+    let mut rest = V2Client::rest(&up.endpoints.router_http).await;
+    let mut grpc = V2Client::grpc(&up.endpoints.router_grpc).await.unwrap();
+    for model in ["iris", "iris-mlp", "iris-b"] {
+        let r = rest.infer(model, &req, &body).await.unwrap();
+        assert_eq!(r.model_name, model);
+        assert_eq!(labels(&r), vec![0, 2], "{model} over REST");
+        let g = grpc.infer(model, &req, &body).await.unwrap();
+        assert_eq!(labels(&g), vec![0, 2], "{model} over gRPC");
+    }
+
+    // the CLI reads the same state
+    let (ok, out, err) = up.cli(&["get", "models"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("iris-mlp") && out.contains("ModelAvailable"),
+        "{out}"
+    );
+    let (ok, out, _) = up.cli(&["infer", "iris", "--grpc", "--data", IRIS_REQUEST]);
+    assert!(ok);
+    assert!(out.contains("\"label\""), "{out}");
+    // metrics with Seldon's names on the agents and coscale's on the control plane
+    let text = reqwest::Client::new()
+        .get(&up.endpoints.metrics)
+        .bearer_auth(
+            std::fs::read_to_string(up.dir.join("token"))
+                .unwrap()
+                .trim(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("coscale_server_ready_replicas{server=\"onnx\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_process_under_traffic_fails_no_request_and_it_comes_back() {
+    let up = Up::start("kill", &[]).await;
+    up.apply_text(
+        "m.yaml",
+        &format!(
+            "{}---\n{}",
+            server_yaml("pool", 2),
+            model_yaml("iris", "iris", 2)
+        ),
+    )
+    .await
+    .unwrap();
+    up.wait_available("iris", 2).await;
+    let before = up.server("pool").await.unwrap();
+    let victim = before.replicas.iter().find(|r| r.replica == 1).unwrap();
+    let victim_pid = victim.pid.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (req, body) = iris();
+        let stop = stop.clone();
+        let ok = ok.clone();
+        let failed = failed.clone();
+        let mut client = if i % 2 == 0 {
+            V2Client::rest(&up.endpoints.router_http).await
+        } else {
+            V2Client::grpc(&up.endpoints.router_grpc).await.unwrap()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.infer("iris", &req, &body).await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            errors
+        }));
+    }
+    wait_for("traffic flowing", Duration::from_secs(10), || async {
+        (ok.load(Ordering::Relaxed) > 50).then_some(())
+    })
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &victim_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // the provisioner restarts it and the model is placed there again
+    let after = wait_for("replica 1 restarted", Duration::from_secs(30), || async {
+        up.server("pool").await.filter(|s| {
+            s.replicas.iter().any(|r| {
+                r.replica == 1 && r.state == "Ready" && r.pid.is_some_and(|p| p != victim_pid)
+            })
+        })
+    })
+    .await;
+    up.wait_available("iris", 2).await;
+    let count_after_restart = ok.load(Ordering::Relaxed);
+    wait_for("traffic after restart", Duration::from_secs(10), || async {
+        (ok.load(Ordering::Relaxed) > count_after_restart + 50).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.extend(t.await.unwrap());
+    }
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
+    assert!(
+        after.events.iter().any(|e| e.reason == "ReplicaCrashed"),
+        "{:?}",
+        after.events
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_control_plane_brings_every_model_back_without_reapplying() {
+    let mut up = Up::start("restart", &[]).await;
+    up.apply_file(&examples().join("manifests/demo.yaml"))
+        .await
+        .unwrap();
+    up.wait_available("iris", 2).await;
+    let v_before = up.model("iris").await.unwrap().version;
+    up.restart().await;
+    up.wait_available("iris", 2).await;
+    up.wait_available("iris-mlp", 1).await;
+    up.wait_available("iris-b", 1).await;
+    assert_eq!(up.model("iris").await.unwrap().version, v_before);
+    let (req, body) = iris();
+    let mut rest = V2Client::rest(&up.endpoints.router_http).await;
+    assert_eq!(
+        labels(&rest.infer("iris", &req, &body).await.unwrap()),
+        vec![0, 2]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_corrupt_artifact_fails_only_that_model() {
+    let up = Up::start("badart", &[]).await;
+    let garbage = up.dir.join("garbage.onnx");
+    std::fs::write(&garbage, b"this is not an onnx file").unwrap();
+    let text = format!(
+        "{}---\n{}---\napiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: missing\nspec:\n  storageUri: file:///nonexistent/coscale/model.onnx\n  requirements: [onnx]\n---\napiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: corrupt\nspec:\n  storageUri: file://{}\n  requirements: [onnx]\n",
+        server_yaml("pool", 1),
+        model_yaml("iris", "iris", 1),
+        garbage.display()
+    );
+    up.apply_text("m.yaml", &text).await.unwrap();
+    let missing = up.wait_model_state("missing", "ModelFailed").await;
+    assert!(
+        missing.reason.contains("does not exist"),
+        "{}",
+        missing.reason
+    );
+    let corrupt = up.wait_model_state("corrupt", "ModelFailed").await;
+    assert!(
+        corrupt.reason.contains("garbage.onnx"),
+        "{}",
+        corrupt.reason
+    );
+    up.wait_available("iris", 1).await;
+    let (req, body) = iris();
+    let mut rest = V2Client::rest(&up.endpoints.router_http).await;
+    assert_eq!(
+        labels(&rest.infer("iris", &req, &body).await.unwrap()),
+        vec![0, 2]
+    );
+    // the failed models have no replica to serve them
+    let err = rest.infer("corrupt", &req, &body).await.unwrap_err();
+    assert_eq!(err.kind(), "HTTP 503", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_v2_errors_that_say_what_is_wrong() {
+    let up = Up::start("badreq", &["--body-limit", "2048"]).await;
+    let text = format!(
+        "{}---\n{}---\napiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: needs-sklearn\nspec:\n  storageUri: file:///tmp/x\n  requirements: [sklearn]\n",
+        server_yaml("pool", 1),
+        model_yaml("iris", "iris", 1)
+    );
+    up.apply_text("m.yaml", &text).await.unwrap();
+    up.wait_available("iris", 1).await;
+    let sched = up.wait_model_state("needs-sklearn", "ScheduleFailed").await;
+    assert!(sched.reason.contains("sklearn"), "{}", sched.reason);
+
+    let http = reqwest::Client::new();
+    let base = &up.endpoints.router_http;
+    let post = |model: &str, body: Vec<u8>| {
+        http.post(format!("{base}/v2/models/{model}/infer"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let check = |status: u16, body: &str, want_status: u16, want_text: &str| {
+        assert_eq!(status, want_status, "{body}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains(want_text),
+            "{msg:?} should mention {want_text:?}"
+        );
+    };
+    let r = post("nope", IRIS_REQUEST.into()).await.unwrap();
+    check(r.status().as_u16(), &r.text().await.unwrap(), 404, "nope");
+    let r = post("needs-sklearn", IRIS_REQUEST.into()).await.unwrap();
+    check(
+        r.status().as_u16(),
+        &r.text().await.unwrap(),
+        503,
+        "no available replica",
+    );
+    let r = post("iris", b"{\"inputs\": [".to_vec()).await.unwrap();
+    check(r.status().as_u16(), &r.text().await.unwrap(), 400, "");
+    let wrong_shape =
+        r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
+    let r = post("iris", wrong_shape.into()).await.unwrap();
+    check(r.status().as_u16(), &r.text().await.unwrap(), 400, "input");
+    let wrong_type =
+        r#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"INT32","data":[1,2,3,4]}]}"#;
+    let r = post("iris", wrong_type.into()).await.unwrap();
+    check(r.status().as_u16(), &r.text().await.unwrap(), 400, "INT32");
+    let big = format!(
+        r#"{{"inputs":[{{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}}],"id":"{}"}}"#,
+        "x".repeat(4096)
+    );
+    let r = post("iris", big.into()).await.unwrap();
+    check(r.status().as_u16(), &r.text().await.unwrap(), 413, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_manifest_applies_nothing_and_says_where() {
+    let up = Up::start("badman", &[]).await;
+    let text = format!(
+        "{}---\napiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: typo\nspec:\n  storagUri: file:///tmp/x\n",
+        server_yaml("pool", 1)
+    );
+    let path = up.dir.join("bad.yaml");
+    std::fs::write(&path, text).unwrap();
+    let (ok, _out, err) = up.cli(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("document 2") && err.contains("storageUri"),
+        "{err}"
+    );
+    // the API refuses it too, whole
+    assert!(up.apply_file(&path).await.is_err());
+    assert!(up.client.servers().await.unwrap().is_empty());
+    assert!(up.client.models().await.unwrap().is_empty());
+    // a Server whose ServerConfig does not exist is refused
+    let e = up
+        .apply_text(
+            "s.yaml",
+            "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata:\n  name: s\nspec:\n  serverConfig: nope\n",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("ServerConfig \"nope\" does not exist"),
+        "{e}"
+    );
+    // and every API call needs the token
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/models", up.endpoints.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_makes_a_new_version_that_takes_over_then_the_old_one_unloads() {
+    let up = Up::start("version", &[]).await;
+    up.apply_text(
+        "m.yaml",
+        &format!(
+            "{}---\n{}",
+            server_yaml("pool", 1),
+            model_yaml("m", "iris", 1)
+        ),
+    )
+    .await
+    .unwrap();
+    let v1 = up.wait_available("m", 1).await;
+    assert_eq!(v1.version, 1);
+    // replica-count change: same version
+    up.apply_text(
+        "m2.yaml",
+        &model_yaml("m", "iris", 1).replace("memory: 1Mi", "memory: 2Mi"),
+    )
+    .await
+    .unwrap();
+    let v2 = wait_for(
+        "version 2 available alone",
+        Duration::from_secs(60),
+        || async {
+            up.model("m").await.filter(|m| {
+                m.version == 2
+                    && m.state == "ModelAvailable"
+                    && m.replicas.iter().all(|r| r.version == 2)
+            })
+        },
+    )
+    .await;
+    assert_eq!(v2.replicas.len(), 1);
+    // deleting unloads and the router forgets it
+    up.client.delete("models", "m").await.unwrap();
+    wait_for("model gone", Duration::from_secs(30), || async {
+        up.model("m").await.is_none().then_some(())
+    })
+    .await;
+    let (req, body) = iris();
+    let mut rest = V2Client::rest(&up.endpoints.router_http).await;
+    let err = rest.infer("m", &req, &body).await.unwrap_err();
+    assert_eq!(err.kind(), "HTTP 404");
+}

@@ -1,0 +1,260 @@
+//! Test harness: runs the real `coscale` binary (`coscale up`) on 127.0.0.1 ephemeral
+//! ports in a temporary data directory, and waits for conditions with deadlines.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use coscale_api::rest::{Endpoints, ModelStatus, ServerStatus};
+use coscale_cli::client::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_coscale");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn examples() -> PathBuf {
+    repo().join("examples")
+}
+
+/// A running `coscale up`.
+pub struct Up {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub endpoints: Endpoints,
+    pub client: Client,
+    extra: Vec<String>,
+}
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "coscale-test-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn spawn_up(dir: &Path, extra: &[String]) -> Child {
+    let _ = std::fs::remove_file(dir.join("endpoints.json"));
+    Command::new(BIN)
+        .args(["up", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--api-addr",
+            "127.0.0.1:0",
+            "--agent-addr",
+            "127.0.0.1:0",
+            "--router-addr",
+            "127.0.0.1:0",
+            "--router-grpc-addr",
+            "127.0.0.1:0",
+            "--reconcile-seconds",
+            "0.2",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(
+            std::fs::File::create(dir.join("up.log")).unwrap(),
+        ))
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("up.log"))
+                .unwrap(),
+        ))
+        .spawn()
+        .unwrap()
+}
+
+async fn read_endpoints(dir: &Path) -> (Endpoints, String) {
+    let ep = dir.join("endpoints.json");
+    wait_for("endpoints.json", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&ep)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Endpoints>(&t).ok())
+    })
+    .await;
+    let endpoints: Endpoints =
+        serde_json::from_str(&std::fs::read_to_string(&ep).unwrap()).unwrap();
+    let token = std::fs::read_to_string(dir.join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    (endpoints, token)
+}
+
+impl Up {
+    pub async fn start(tag: &str, extra: &[&str]) -> Up {
+        let dir = tempdir(tag);
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let child = spawn_up(&dir, &extra);
+        let (endpoints, token) = read_endpoints(&dir).await;
+        let client = Client::from_parts(endpoints.clone(), token);
+        Up {
+            child: Some(child),
+            dir,
+            endpoints,
+            client,
+            extra,
+        }
+    }
+
+    /// Stops `coscale up` with SIGTERM (like Ctrl-C) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::yield_now();
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts `coscale up` again on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn_up(&self.dir, &self.extra));
+        let (endpoints, token) = read_endpoints(&self.dir).await;
+        self.client = Client::from_parts(endpoints.clone(), token);
+        self.endpoints = endpoints;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
+    }
+
+    pub async fn apply_text(
+        &self,
+        name: &str,
+        text: &str,
+    ) -> anyhow::Result<coscale_api::rest::ApplyResponse> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        self.apply_file(&path).await
+    }
+
+    pub async fn apply_file(
+        &self,
+        path: &Path,
+    ) -> anyhow::Result<coscale_api::rest::ApplyResponse> {
+        let req = coscale_cli::objects::manifest_request(path, false)?;
+        self.client.apply(&req).await
+    }
+
+    pub async fn model(&self, name: &str) -> Option<ModelStatus> {
+        self.client.model(name).await.ok()
+    }
+
+    pub async fn server(&self, name: &str) -> Option<ServerStatus> {
+        self.client.server(name).await.ok()
+    }
+
+    /// Waits until the model is in `state` (with a deadline that fails the test).
+    pub async fn wait_model_state(&self, name: &str, state: &str) -> ModelStatus {
+        wait_for(
+            &format!("model {name} {state}"),
+            Duration::from_secs(60),
+            || async { self.model(name).await.filter(|m| m.state == state) },
+        )
+        .await
+    }
+
+    pub async fn wait_available(&self, name: &str, replicas: u32) -> ModelStatus {
+        wait_for(
+            &format!("model {name} available with {replicas} replicas"),
+            Duration::from_secs(60),
+            || async {
+                self.model(name)
+                    .await
+                    .filter(|m| m.state == "ModelAvailable" && m.available_replicas == replicas)
+            },
+        )
+        .await
+    }
+
+    /// `coscale <args> --data-dir DIR`, returning (exit ok, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!(
+                "--- coscale up log ({}) ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Polls `probe` every 50 ms until it returns Some, or panics after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > until {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub const IRIS_REQUEST: &str = r#"{"inputs":[{"name":"input","shape":[2,4],"datatype":"FP32","data":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}]}"#;
+
+/// Manifests of one builtin Server with `replicas` replicas.
+pub fn server_yaml(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata:\n  name: {name}\nspec:\n  serverConfig: builtin\n  replicas: {replicas}\n"
+    )
+}
+
+/// A Model manifest on an example model folder (absolute file:// URI).
+pub fn model_yaml(name: &str, example: &str, replicas: u32) -> String {
+    let uri = examples().join("models").join(example);
+    format!(
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: {name}\nspec:\n  storageUri: file://{}\n  requirements: [onnx]\n  memory: 1Mi\n  replicas: {replicas}\n",
+        uri.display()
+    )
+}
