@@ -189,6 +189,7 @@ fn parse_object(value: &Value) -> Result<Resource, Vec<FieldError>> {
                 format!("{kind} is not supported by coscale yet (coscale reads Model, Server and ServerConfig)"),
             )])
         }
+        // To accept autoscalers: add `Resource::Hpa` and parse it here.
         ("autoscaling/v2", "HorizontalPodAutoscaler") => Err(vec![FieldError::new(
             "kind",
             "HorizontalPodAutoscaler is not supported yet",
