@@ -1,7 +1,7 @@
 //! Per-metric replica proposals (hpa-algorithm.md §1.4–§1.6). Most cases are ports of
 //! upstream `replica_calculator_test.go` (each pod has one container here, so raw
 //! averages are half of upstream's two-container values; ratios are identical).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;

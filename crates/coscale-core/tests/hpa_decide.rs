@@ -1,6 +1,6 @@
 //! Full reconcile passes (hpa-algorithm.md §1.2, §1.3, §1.7, §1.10), several of them
 //! ports of upstream `horizontal_test.go` cases.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;

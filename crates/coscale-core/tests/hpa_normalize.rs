@@ -1,7 +1,7 @@
 //! Stabilization, rate limits and history storage (hpa-algorithm.md §1.8, §1.9,
 //! §1.11). Behavior cases follow upstream `TestScalingWithRules` and the doc's worked
 //! example; every expected value is derived by hand from the rules.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 use std::time::Duration;
 

@@ -332,7 +332,7 @@ fn compute_one(
             let t = &x.target;
             let fetch = |e: String| {
                 format!(
-                    "unable to get external metric {}/{}: {e}",
+                    "unable to get external metric {namespace}/{}/{}: {e}",
                     x.metric.name,
                     selector_text(spec)
                 )
