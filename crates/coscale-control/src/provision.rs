@@ -188,8 +188,9 @@ fn step(
         let launch = launches.get(server);
         let wanted = launch.is_some_and(|l| *idx < l.replicas);
         if wanted {
-            if !matches!(r.phase, Phase::Running) {
-                // wanted again before it went away: keep it
+            if matches!(r.phase, Phase::Draining { .. }) {
+                // wanted again before it was told to go: keep it
+                cp.state().clear_draining(server, ReplicaIndex(*idx));
                 r.phase = Phase::Running;
             }
             continue;

@@ -519,6 +519,13 @@ impl State {
         }
     }
 
+    /// A replica marked draining is wanted again (scaled back up before it stopped).
+    pub fn clear_draining(&mut self, server: &ServerName, replica: ReplicaIndex) {
+        if let Some(r) = self.replicas.get_mut(&(server.clone(), replica)) {
+            r.draining = false;
+        }
+    }
+
     pub fn replica_session(&self, server: &ServerName, replica: ReplicaIndex) -> Option<u64> {
         self.replicas
             .get(&(server.clone(), replica))
@@ -583,6 +590,15 @@ impl State {
             .map(|r| self.demand(r))
             .collect();
         let decisions = placement::place(&views, &demands);
+        let draining: BTreeSet<ReplicaKey> = views
+            .iter()
+            .flat_map(|v| {
+                v.replicas
+                    .iter()
+                    .filter(|r| r.draining)
+                    .map(|r| (v.name.clone(), r.index))
+            })
+            .collect();
 
         for d in decisions {
             let Some(rec) = self.models.get(&d.model) else {
@@ -621,10 +637,11 @@ impl State {
                     }
                 }
             }
-            // unload the latest version where not assigned
+            // unload the latest version where not assigned, except on draining replicas:
+            // they keep serving until they stop, so nothing is lost meanwhile
             for ((sname, idx), entry) in self.replicas.iter_mut() {
                 let assigned = d.server.as_ref() == Some(sname) && d.replicas.contains(idx);
-                if assigned {
+                if assigned || draining.contains(&(sname.clone(), *idx)) {
                     continue;
                 }
                 if let Some(m) = entry.models.get_mut(&(name.clone(), version)) {
