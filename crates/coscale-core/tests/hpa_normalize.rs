@@ -110,258 +110,37 @@ fn case(
 #[test]
 fn behavior_rate_limits_follow_policies_periods_and_select_policy() {
     use SelectPolicy::*;
+    #[rustfmt::skip]
     let cases = vec![
         case("scale up with default behavior", 10, 50, 20, "ScaleUpLimit"),
-        case(
-            "scale up with default behavior from few pods uses the pods policy",
-            2,
-            50,
-            6,
-            "ScaleUpLimit",
-        ),
-        RateCase {
-            up: rules(Max, vec![pods(100, 60), percent(100, 60)]),
-            ..case(
-                "pods policy larger than percent policy",
-                10,
-                500,
-                110,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![pods(2, 60), percent(100, 60)]),
-            ..case(
-                "percent policy larger than pods policy",
-                10,
-                500,
-                20,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![pods(100, 60)]),
-            max: 200,
-            ..case(
-                "max replicas below the pods limit",
-                100,
-                500,
-                200,
-                "TooManyReplicas",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![pods(30, 60)]),
-            ..case("pods policy limitation", 10, 500, 40, "ScaleUpLimit")
-        },
-        RateCase {
-            up: rules(Max, vec![percent(200, 60)]),
-            ..case("percent policy limitation", 10, 500, 30, "ScaleUpLimit")
-        },
-        RateCase {
-            up: rules(Min, vec![pods(4, 60), percent(100, 60)]),
-            ..case(
-                "selectPolicy Min picks the smaller scale up",
-                10,
-                500,
-                14,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Disabled, vec![pods(4, 60)]),
-            ..case(
-                "selectPolicy Disabled forbids scale up",
-                10,
-                500,
-                10,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![pods(4, 60)]),
-            up_events: vec![(4, 30)],
-            ..case(
-                "scale-up events inside the period shrink the limit",
-                10,
-                500,
-                10,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![pods(4, 60)]),
-            up_events: vec![(4, 61)],
-            ..case(
-                "scale-up events outside the period do not count",
-                10,
-                500,
-                14,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![pods(4, 60)]),
-            up_events: vec![(4, 60)],
-            ..case(
-                "an event exactly at the period start is outside",
-                10,
-                500,
-                14,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![percent(300, 300)]),
-            up_events: vec![(4, 60)],
-            down_events: vec![(2, 60)],
-            max: 100,
-            ..case(
-                "worked example: start 6-4+2=4, limit 16",
-                6,
-                20,
-                16,
-                "ScaleUpLimit",
-            )
-        },
-        RateCase {
-            up: rules(Max, vec![pods(4, 60)]),
-            up_events: vec![(2, 10), (3, 20)],
-            ..case("several events add up", 10, 500, 10, "ScaleUpLimit")
-        },
+        case("scale up with default behavior from few pods uses the pods policy", 2, 50, 6, "ScaleUpLimit"),
+        RateCase { up: rules(Max, vec![pods(100, 60), percent(100, 60)]), ..case("pods policy larger than percent policy", 10, 500, 110, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![pods(2, 60), percent(100, 60)]), ..case("percent policy larger than pods policy", 10, 500, 20, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![pods(100, 60)]), max: 200, ..case("max replicas below the pods limit", 100, 500, 200, "TooManyReplicas") },
+        RateCase { up: rules(Max, vec![pods(30, 60)]), ..case("pods policy limitation", 10, 500, 40, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![percent(200, 60)]), ..case("percent policy limitation", 10, 500, 30, "ScaleUpLimit") },
+        RateCase { up: rules(Min, vec![pods(4, 60), percent(100, 60)]), ..case("selectPolicy Min picks the smaller scale up", 10, 500, 14, "ScaleUpLimit") },
+        RateCase { up: rules(Disabled, vec![pods(4, 60)]), ..case("selectPolicy Disabled forbids scale up", 10, 500, 10, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![pods(4, 60)]), up_events: vec![(4, 30)], ..case("scale-up events inside the period shrink the limit", 10, 500, 10, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![pods(4, 60)]), up_events: vec![(4, 61)], ..case("scale-up events outside the period do not count", 10, 500, 14, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![pods(4, 60)]), up_events: vec![(4, 60)], ..case("an event exactly at the period start is outside", 10, 500, 14, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![percent(300, 300)]), up_events: vec![(4, 60)], down_events: vec![(2, 60)], max: 100, ..case("worked example: start 6-4+2=4, limit 16", 6, 20, 16, "ScaleUpLimit") },
+        RateCase { up: rules(Max, vec![pods(4, 60)]), up_events: vec![(2, 10), (3, 20)], ..case("several events add up", 10, 500, 10, "ScaleUpLimit") },
         case("desired within the limit", 10, 15, 15, "DesiredWithinRange"),
         // Scale down.
-        case(
-            "scale down with default behavior removes up to 100 %",
-            10,
-            2,
-            2,
-            "DesiredWithinRange",
-        ),
-        RateCase {
-            down: rules(Max, vec![pods(20, 60), percent(1, 60)]),
-            ..case(
-                "scale down Max picks the bigger change (pods)",
-                100,
-                2,
-                80,
-                "ScaleDownLimit",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![pods(2, 60), percent(1, 60)]),
-            ..case(
-                "scale down Max picks the bigger change (percent)",
-                100,
-                2,
-                98,
-                "ScaleDownLimit",
-            )
-        },
-        RateCase {
-            down: rules(Min, vec![pods(20, 60), percent(1, 60)]),
-            ..case(
-                "scale down Min picks the smaller change",
-                100,
-                2,
-                99,
-                "ScaleDownLimit",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![pods(100, 60)]),
-            ..case(
-                "min replicas below a large pods policy",
-                10,
-                0,
-                1,
-                "TooFewReplicas",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![percent(100, 60)]),
-            min: 5,
-            ..case(
-                "min replicas below a large percent policy",
-                10,
-                2,
-                5,
-                "TooFewReplicas",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![pods(5, 60)]),
-            ..case(
-                "scale down pods policy limitation",
-                10,
-                2,
-                5,
-                "ScaleDownLimit",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![percent(50, 60)]),
-            ..case(
-                "scale down exactly to the percent limit",
-                10,
-                5,
-                5,
-                "DesiredWithinRange",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![percent(33, 60)]),
-            ..case(
-                "percent scale down truncates (10 x 0.67 = 6)",
-                10,
-                1,
-                6,
-                "ScaleDownLimit",
-            )
-        },
-        RateCase {
-            down: rules(Disabled, vec![pods(5, 60)]),
-            ..case(
-                "selectPolicy Disabled forbids scale down",
-                10,
-                2,
-                10,
-                "ScaleDownLimit",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![pods(5, 60)]),
-            down_events: vec![(3, 30)],
-            ..case(
-                "scale-down events inside the period count",
-                10,
-                2,
-                8,
-                "ScaleDownLimit",
-            )
-        },
-        RateCase {
-            down: rules(Max, vec![pods(5, 60)]),
-            up_events: vec![(4, 30)],
-            ..case(
-                "scale-up events move the scale-down period start",
-                10,
-                2,
-                2,
-                "DesiredWithinRange",
-            )
-        },
-        RateCase {
-            min: 3,
-            max: 5,
-            ..case(
-                "no clamping when desired equals current",
-                10,
-                10,
-                10,
-                "DesiredWithinRange",
-            )
-        },
+        case("scale down with default behavior removes up to 100 %", 10, 2, 2, "DesiredWithinRange"),
+        RateCase { down: rules(Max, vec![pods(20, 60), percent(1, 60)]), ..case("scale down Max picks the bigger change (pods)", 100, 2, 80, "ScaleDownLimit") },
+        RateCase { down: rules(Max, vec![pods(2, 60), percent(1, 60)]), ..case("scale down Max picks the bigger change (percent)", 100, 2, 98, "ScaleDownLimit") },
+        RateCase { down: rules(Min, vec![pods(20, 60), percent(1, 60)]), ..case("scale down Min picks the smaller change", 100, 2, 99, "ScaleDownLimit") },
+        RateCase { down: rules(Max, vec![pods(100, 60)]), ..case("min replicas below a large pods policy", 10, 0, 1, "TooFewReplicas") },
+        RateCase { down: rules(Max, vec![percent(100, 60)]), min: 5, ..case("min replicas below a large percent policy", 10, 2, 5, "TooFewReplicas") },
+        RateCase { down: rules(Max, vec![pods(5, 60)]), ..case("scale down pods policy limitation", 10, 2, 5, "ScaleDownLimit") },
+        RateCase { down: rules(Max, vec![percent(50, 60)]), ..case("scale down exactly to the percent limit", 10, 5, 5, "DesiredWithinRange") },
+        RateCase { down: rules(Max, vec![percent(33, 60)]), ..case("percent scale down truncates (10 x 0.67 = 6)", 10, 1, 6, "ScaleDownLimit") },
+        RateCase { down: rules(Disabled, vec![pods(5, 60)]), ..case("selectPolicy Disabled forbids scale down", 10, 2, 10, "ScaleDownLimit") },
+        RateCase { down: rules(Max, vec![pods(5, 60)]), down_events: vec![(3, 30)], ..case("scale-down events inside the period count", 10, 2, 8, "ScaleDownLimit") },
+        RateCase { down: rules(Max, vec![pods(5, 60)]), up_events: vec![(4, 30)], ..case("scale-up events move the scale-down period start", 10, 2, 2, "DesiredWithinRange") },
+        RateCase { min: 3, max: 5, ..case("no clamping when desired equals current", 10, 10, 10, "DesiredWithinRange") },
     ];
     for c in cases {
         let state = HpaState {
