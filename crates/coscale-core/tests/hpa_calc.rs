@@ -442,139 +442,23 @@ fn group_pods_follows_the_cpu_readiness_rules() {
     let cpu = Some("cpu");
     // (name, mutation, metric (age, window), resource, (ready, unready, missing, ignored))
     type Mutation = Box<dyn Fn(&mut PodInfo)>;
-    let cases: Vec<(
-        &str,
-        Mutation,
-        Option<(i64, u64)>,
-        Option<&str>,
-        (i64, usize, usize, usize),
-    )> = vec![
-        (
-            "a ready pod with a sample",
-            Box::new(|_| {}),
-            Some((0, 60)),
-            cpu,
-            (1, 0, 0, 0),
-        ),
-        (
-            "a ready pod without a sample is missing",
-            Box::new(|_| {}),
-            None,
-            cpu,
-            (0, 0, 1, 0),
-        ),
-        (
-            "no Ready condition is unready for cpu",
-            Box::new(|p| p.ready = None),
-            Some((0, 60)),
-            cpu,
-            (0, 1, 0, 0),
-        ),
-        (
-            "no Ready condition counts for memory",
-            Box::new(|p| p.ready = None),
-            Some((0, 60)),
-            Some("memory"),
-            (1, 0, 0, 0),
-        ),
-        (
-            "no start time is unready for cpu",
-            Box::new(|p| p.start_time = None),
-            Some((0, 60)),
-            cpu,
-            (0, 1, 0, 0),
-        ),
-        (
-            "initializing with a fresh sample is ready",
-            Box::new(|p| {
-                p.start_time = Some(ago(60));
-                p.ready_transition = Some(ago(60));
-            }),
-            Some((0, 30)),
-            cpu,
-            (1, 0, 0, 0),
-        ),
-        (
-            "initializing without a full window since Ready is unready",
-            Box::new(|p| {
-                p.start_time = Some(ago(60));
-                p.ready_transition = Some(ago(30));
-            }),
-            Some((0, 60)),
-            cpu,
-            (0, 1, 0, 0),
-        ),
-        (
-            "initializing and not ready is unready",
-            Box::new(|p| {
-                p.start_time = Some(ago(60));
-                p.ready_transition = Some(ago(119));
-                p.ready = Some(false);
-            }),
-            Some((0, 30)),
-            cpu,
-            (0, 1, 0, 0),
-        ),
-        (
-            "after init, ready without a fresh sample is ready",
-            Box::new(|p| {
-                p.start_time = Some(ago(180));
-                p.ready_transition = Some(ago(1));
-            }),
-            Some((0, 60)),
-            cpu,
-            (1, 0, 0, 0),
-        ),
-        (
-            "after init, not ready but was ready once counts",
-            Box::new(|p| {
-                p.start_time = Some(ago(600));
-                p.ready_transition = Some(ago(540));
-                p.ready = Some(false);
-            }),
-            Some((0, 60)),
-            cpu,
-            (1, 0, 0, 0),
-        ),
-        (
-            "after init, never ready is unready",
-            Box::new(|p| {
-                p.start_time = Some(ago(600));
-                p.ready_transition = Some(ago(595));
-                p.ready = Some(false);
-            }),
-            Some((0, 60)),
-            cpu,
-            (0, 1, 0, 0),
-        ),
-        (
-            "pending pods are unready",
-            Box::new(|p| p.phase = PodPhase::Pending),
-            Some((0, 60)),
-            None,
-            (0, 1, 0, 0),
-        ),
-        (
-            "failed pods are ignored",
-            Box::new(|p| p.phase = PodPhase::Failed),
-            Some((0, 60)),
-            None,
-            (0, 0, 0, 1),
-        ),
-        (
-            "deleted pods are ignored",
-            Box::new(|p| p.deleted = true),
-            None,
-            None,
-            (0, 0, 0, 1),
-        ),
-        (
-            "not-ready pods count for custom metrics",
-            Box::new(|p| p.ready = Some(false)),
-            Some((0, 60)),
-            None,
-            (1, 0, 0, 0),
-        ),
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Mutation, Option<(i64, u64)>, Option<&str>, (i64, usize, usize, usize))> = vec![
+        ("a ready pod with a sample", Box::new(|_| {}), Some((0, 60)), cpu, (1, 0, 0, 0)),
+        ("a ready pod without a sample is missing", Box::new(|_| {}), None, cpu, (0, 0, 1, 0)),
+        ("no Ready condition is unready for cpu", Box::new(|p| p.ready = None), Some((0, 60)), cpu, (0, 1, 0, 0)),
+        ("no Ready condition counts for memory", Box::new(|p| p.ready = None), Some((0, 60)), Some("memory"), (1, 0, 0, 0)),
+        ("no start time is unready for cpu", Box::new(|p| p.start_time = None), Some((0, 60)), cpu, (0, 1, 0, 0)),
+        ("initializing with a fresh sample is ready", Box::new(|p| { p.start_time = Some(ago(60)); p.ready_transition = Some(ago(60)); }), Some((0, 30)), cpu, (1, 0, 0, 0)),
+        ("initializing without a full window since Ready is unready", Box::new(|p| { p.start_time = Some(ago(60)); p.ready_transition = Some(ago(30)); }), Some((0, 60)), cpu, (0, 1, 0, 0)),
+        ("initializing and not ready is unready", Box::new(|p| { p.start_time = Some(ago(60)); p.ready_transition = Some(ago(119)); p.ready = Some(false); }), Some((0, 30)), cpu, (0, 1, 0, 0)),
+        ("after init, ready without a fresh sample is ready", Box::new(|p| { p.start_time = Some(ago(180)); p.ready_transition = Some(ago(1)); }), Some((0, 60)), cpu, (1, 0, 0, 0)),
+        ("after init, not ready but was ready once counts", Box::new(|p| { p.start_time = Some(ago(600)); p.ready_transition = Some(ago(540)); p.ready = Some(false); }), Some((0, 60)), cpu, (1, 0, 0, 0)),
+        ("after init, never ready is unready", Box::new(|p| { p.start_time = Some(ago(600)); p.ready_transition = Some(ago(595)); p.ready = Some(false); }), Some((0, 60)), cpu, (0, 1, 0, 0)),
+        ("pending pods are unready", Box::new(|p| p.phase = PodPhase::Pending), Some((0, 60)), None, (0, 1, 0, 0)),
+        ("failed pods are ignored", Box::new(|p| p.phase = PodPhase::Failed), Some((0, 60)), None, (0, 0, 0, 1)),
+        ("deleted pods are ignored", Box::new(|p| p.deleted = true), None, None, (0, 0, 0, 1)),
+        ("not-ready pods count for custom metrics", Box::new(|p| p.ready = Some(false)), Some((0, 60)), None, (1, 0, 0, 0)),
     ];
     for (name, f, metric, resource, expected) in cases {
         assert_eq!(one(&*f, metric, resource), expected, "{name}");
