@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: throughput, p50/p99 latency and CPU per request of V2 REST inference
+#   direct   wrk → `coscale runtime` (the built-in V2 runtime alone)
+#   nginx    wrk → nginx (1 worker, keepalive upstream, no access log) → the same runtime
+#   coscale  wrk → router (`coscale up`) → agent with the built-in runtime (1-replica Server)
+# for each model × connection count, interleaved so that the three targets see the same machine
+# conditions. CPU per request = utime+stime of the serving processes over the run / requests
+# (direct: runtime; nginx: nginx master+worker + runtime; coscale: `coscale up` + agent).
+#
+# Usage: bench/dataplane.sh [--out FILE] [--duration SECONDS] [--conns "1 8 64"]
+#                           [--models "iris iris-mlp"] [--warmup SECONDS]
+# Everything listens on 127.0.0.1; every process started here is stopped on exit.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CMD="bench/dataplane.sh"
+(($# == 0)) || CMD+="$(printf ' %q' "$@")"
+DURATION=10
+WARMUP=2
+CONNS="1 8 64"
+MODELS="iris iris-mlp"
+OUT="$BENCH_ROOT/bench/results/dataplane-$(date +%Y%m%d-%H%M%S).md"
+while (($#)); do
+    case "$1" in
+        --out) OUT="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --warmup) WARMUP="$2"; shift 2 ;;
+        --conns) CONNS="$2"; shift 2 ;;
+        --models) MODELS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) bench_die "unknown argument $1 (see --help)" ;;
+    esac
+done
+
+bench_init
+bench_need wrk wrk nginx nginx-light curl curl jq jq
+bench_build
+CLK_TCK="$(getconf CLK_TCK)"
+BODY='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}'
+
+# (a) the runtime alone
+RT_HTTP="$(bench_free_port)"
+RT_GRPC="$(bench_free_port)"
+bench_runtime "$RT_HTTP" "$RT_GRPC" iris iris-mlp
+bench_log "runtime pid $RT_PID on 127.0.0.1:$RT_HTTP"
+
+# (b) nginx as a plain reverse proxy in front of the same runtime
+NGX_PORT="$(bench_free_port)"
+NGX_DIR="$BENCH_TMP/nginx"
+mkdir -p "$NGX_DIR"
+cat >"$NGX_DIR/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $NGX_DIR/nginx.pid;
+error_log $NGX_DIR/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $NGX_DIR/body;
+    proxy_temp_path $NGX_DIR/proxy;
+    upstream runtime {
+        server 127.0.0.1:$RT_HTTP;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location / {
+            proxy_pass http://runtime;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+nginx -t -q -p "$NGX_DIR" -c "$NGX_DIR/nginx.conf"
+nginx -p "$NGX_DIR" -c "$NGX_DIR/nginx.conf" >"$NGX_DIR/stdout.log" 2>&1 &
+NGX_MASTER=$!
+bench_track "$NGX_MASTER"
+bench_wait_http "http://127.0.0.1:$NGX_PORT/v2/health/ready" 15 "$NGX_MASTER"
+NGX_WORKER="$(pgrep -P "$NGX_MASTER" | head -1)"
+[[ -n "$NGX_WORKER" ]] || bench_die "no nginx worker under master $NGX_MASTER"
+bench_log "nginx master $NGX_MASTER worker $NGX_WORKER on 127.0.0.1:$NGX_PORT"
+
+# (c) coscale: control plane + router, one server replica holding both models
+UP_DIR="$BENCH_TMP/up"
+cat >"$BENCH_TMP/bench.yaml" <<EOF
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Server
+metadata:
+  name: bench
+spec:
+  serverConfig: builtin
+  replicas: 1
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata:
+  name: iris
+spec:
+  storageUri: file://$BENCH_ROOT/examples/models/iris
+  requirements: [onnx]
+  memory: 1Mi
+  replicas: 1
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata:
+  name: iris-mlp
+spec:
+  storageUri: file://$BENCH_ROOT/examples/models/iris-mlp
+  requirements: [onnx]
+  memory: 8Mi
+  replicas: 1
+EOF
+bench_up "$UP_DIR" "$BENCH_TMP/bench.yaml"
+bench_wait_servers "$UP_DIR" 60
+bench_wait_models "$UP_DIR" 2 60 || bench_die "the bench models did not become available"
+bench_log "coscale up pid $UP_PID, agent pid(s) ${AGENT_PIDS[*]}, router $ROUTER_HTTP"
+
+declare -A URL=(
+    [direct]="http://127.0.0.1:$RT_HTTP"
+    [nginx]="http://127.0.0.1:$NGX_PORT"
+    [coscale]="$ROUTER_HTTP"
+)
+declare -A PIDS=(
+    [direct]="$RT_PID"
+    [nginx]="$NGX_MASTER $NGX_WORKER $RT_PID"
+    [coscale]="$UP_PID ${AGENT_PIDS[*]}"
+)
+TARGETS="direct nginx coscale"
+
+# Every target must give the same answer before anything is timed.
+for model in $MODELS; do
+    want=""
+    for t in $TARGETS; do
+        got="$(curl -fsS --max-time 5 -H 'Content-Type: application/json' -d "$BODY" \
+            "${URL[$t]}/v2/models/$model/infer" | jq -c '[.outputs[] | {name, data}]')" ||
+            bench_die "$t: inference on $model failed"
+        [[ -z "$want" || "$got" == "$want" ]] || bench_die "$t answers $got for $model, direct answers $want"
+        want="$got"
+    done
+done
+
+RAW="$BENCH_TMP/raw.tsv"
+: >"$RAW"
+run_wrk() { # target model conns seconds → RESULT line
+    local threads=$(($3 < 2 ? $3 : 2))
+    wrk -t "$threads" -c "$3" -d "${4}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
+        "${URL[$1]}/v2/models/$2/infer" | grep '^RESULT'
+}
+for model in $MODELS; do
+    for t in $TARGETS; do
+        run_wrk "$t" "$model" 8 "$WARMUP" >/dev/null
+    done
+    for c in $CONNS; do
+        for t in $TARGETS; do
+            # shellcheck disable=SC2086
+            before="$(bench_cpu_ticks ${PIDS[$t]})"
+            line="$(run_wrk "$t" "$model" "$c" "$DURATION")"
+            # shellcheck disable=SC2086
+            after="$(bench_cpu_ticks ${PIDS[$t]})"
+            bench_log "$model c=$c $t: $line cpu_ticks=$((after - before))"
+            # RESULT requests= duration_us= rps= p50_us= p99_us= mean_us= errors= non2xx=
+            awk -v m="$model" -v t="$t" -v c="$c" -v ticks="$((after - before))" '{
+                for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                print m, t, c, v["requests"], v["rps"], v["p50_us"], v["p99_us"], v["errors"], v["non2xx"], ticks
+            }' OFS='\t' <<<"$line" >>"$RAW"
+        done
+    done
+done
+
+# Tables: per run, then the targets. Hop = proxied − direct, for CPU/request and for p50.
+report() {
+    bench_header "Data-plane benchmark" "$CMD"
+    printf 'wrk %s, %s s per run (+%s s warm-up per target and model), threads = min(conns, 2), ' \
+        "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$DURATION" "$WARMUP"
+    printf 'nginx %s (1 worker, keepalive upstream), nothing pinned, CLK_TCK %s.\n\n' \
+        "$(nginx -v 2>&1 | sed 's|.*/||')" "$CLK_TCK"
+    awk -F'\t' -v hz="$CLK_TCK" '
+    {
+        k = $1 SUBSEP $3 SUBSEP $2
+        rps[k] = $5; p50[k] = $6; p99[k] = $7; err[k] = $8 + $9
+        cpu[k] = $4 > 0 ? $10 * 1e6 / hz / $4 : 0
+        if (!seen[$1 SUBSEP $3]++) order[++n] = $1 SUBSEP $3
+    }
+    END {
+        print "| model | conns | target | req/s | % of direct | p50 (µs) | p99 (µs) | +p50 vs direct (µs) | CPU/req (µs) | hop CPU/req (µs) | errors |"
+        print "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        split("direct nginx coscale", T, " ")
+        for (i = 1; i <= n; i++) {
+            split(order[i], mc, SUBSEP); d = order[i] SUBSEP "direct"
+            for (j = 1; j <= 3; j++) {
+                k = order[i] SUBSEP T[j]
+                if (!(k in rps)) continue
+                hop = j == 1 ? "–" : sprintf("%.1f", cpu[k] - cpu[d])
+                add = j == 1 ? "–" : sprintf("%+.0f", p50[k] - p50[d])
+                printf "| %s | %s | %s | %.0f | %.0f %% | %.0f | %.0f | %s | %.1f | %s | %d |\n",
+                    mc[1], mc[2], T[j], rps[k], 100 * rps[k] / rps[d], p50[k], p99[k], add, cpu[k], hop, err[k]
+            }
+        }
+        print ""
+        print "Targets (coscale vs nginx, same run):"
+        print ""
+        print "| model | conns | check | coscale | limit | verdict |"
+        print "|---|---:|---|---:|---:|---|"
+        for (i = 1; i <= n; i++) {
+            split(order[i], mc, SUBSEP); d = order[i] SUBSEP "direct"
+            x = order[i] SUBSEP "nginx"; c = order[i] SUBSEP "coscale"
+            if (!(x in rps) || !(c in rps)) continue
+            hc = cpu[c] - cpu[d]; hx = cpu[x] - cpu[d]
+            printf "| %s | %s | hop CPU/req ≤ nginx hop | %.1f µs | %.1f µs | %s |\n",
+                mc[1], mc[2], hc, hx, (hc <= hx ? "met" : "not met")
+            if (mc[2] == 1) {
+                ac = p50[c] - p50[d]; ax = p50[x] - p50[d]
+                printf "| %s | 1 | added p50 ≤ 1.25 × nginx added p50 | %.0f µs | %.0f µs | %s |\n",
+                    mc[1], ac, 1.25 * ax, (ac <= 1.25 * ax ? "met" : "not met")
+                printf "| %s | 1 | p50 ≤ 1.25 × nginx p50 | %.0f µs | %.0f µs | %s |\n",
+                    mc[1], p50[c], 1.25 * p50[x], (p50[c] <= 1.25 * p50[x] ? "met" : "not met")
+            }
+            if (mc[1] == "iris-mlp") {
+                printf "| %s | %s | req/s ≥ 85 %% of direct | %.0f %% | 85 %% | %s |\n",
+                    mc[1], mc[2], 100 * rps[c] / rps[d], (rps[c] >= 0.85 * rps[d] ? "met" : "not met")
+            }
+        }
+    }' "$RAW"
+}
+mkdir -p "$(dirname "$OUT")"
+report | tee "$OUT"
+bench_log "written to $OUT"

@@ -1,0 +1,197 @@
+# Shared helpers for the bench/*.sh scripts (sourced, not run). Everything here talks only to
+# 127.0.0.1, waits with deadlines, and remembers every process it starts so that `bench_stop`
+# (installed as the EXIT trap by `bench_init`) can stop exactly those processes by pid.
+
+BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# COSCALE_BIN overrides the binary (e.g. a debug build for a quick check of the scripts); then
+# nothing is built.
+BIN="${COSCALE_BIN:-$BENCH_ROOT/target/release/coscale}"
+BENCH_PIDS=()
+BENCH_TMP=""
+
+bench_log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+bench_die() { bench_log "error: $*"; exit 1; }
+
+# Stops every process recorded in BENCH_PIDS, oldest first (so `coscale up` stops its own replicas
+# before they are signalled one by one): SIGTERM, up to 10 s, then SIGKILL.
+bench_stop() {
+    local pid deadline
+    for pid in "${BENCH_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 10))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    BENCH_PIDS=()
+}
+
+# The EXIT trap: stops everything; keeps the temporary folder (logs) only after a failure.
+bench_on_exit() {
+    local rc=$?
+    bench_stop
+    if ((rc == 0)); then
+        rm -rf "$BENCH_TMP"
+    else
+        bench_log "failed (exit $rc); logs kept in $BENCH_TMP"
+    fi
+}
+
+bench_init() {
+    BENCH_TMP="$(mktemp -d /tmp/coscale-bench.XXXXXX)"
+    trap bench_on_exit EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_track() { BENCH_PIDS+=("$1"); }
+
+# Installs Debian packages whose command is missing: bench_need CMD PKG [CMD PKG]...
+bench_need() {
+    local missing=()
+    while (($#)); do
+        command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+        shift 2
+    done
+    ((${#missing[@]})) || return 0
+    bench_log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Builds the release binary when it is missing or older than any source file.
+bench_build() {
+    [[ -z "${COSCALE_BIN:-}" ]] || return 0
+    if [[ -x "$BIN" ]] && [[ -z "$(find "$BENCH_ROOT/crates" "$BENCH_ROOT/Cargo.toml" -newer "$BIN" \
+        \( -name '*.rs' -o -name '*.toml' -o -name '*.proto' \) -print -quit)" ]]; then
+        return 0
+    fi
+    bench_log "building the release binary (cargo build --release -p coscale-cli)"
+    (cd "$BENCH_ROOT" && cargo build --release -p coscale-cli >&2)
+}
+
+# Prints a TCP port on 127.0.0.1 that was free a moment ago.
+bench_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# bench_wait_http URL SECONDS [PID]: waits until URL answers 2xx; fails early if PID died.
+bench_wait_http() {
+    local url="$1" deadline=$((SECONDS + $2)) pid="${3:-}"
+    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+        if [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null; then bench_die "process $pid died before $url answered"; fi
+        ((SECONDS < deadline)) || bench_die "$url did not answer within $2 s"
+        sleep 0.1
+    done
+}
+
+# bench_wait_file PATH SECONDS
+bench_wait_file() {
+    local deadline=$((SECONDS + $2))
+    until [[ -s "$1" ]]; do
+        ((SECONDS < deadline)) || bench_die "$1 did not appear within $2 s"
+        sleep 0.1
+    done
+}
+
+# utime+stime of the given pids, summed, in clock ticks (fields 14 and 15 of /proc/PID/stat,
+# counted after the ")" that closes the command name, which may hold spaces).
+bench_cpu_ticks() {
+    local pid total=0 f
+    for pid in "$@"; do
+        read -r -a f < <(sed 's/^.*) //' "/proc/$pid/stat")
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# bench_status_kib PID FIELD: a kB field (VmRSS, VmHWM) of /proc/PID/status.
+bench_status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+
+bench_mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+bench_machine() {
+    local cpu
+    cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    printf '%s, %s cores (nproc), kernel %s' "$cpu" "$(nproc)" "$(uname -r)"
+}
+
+# The markdown header every result file starts with.
+bench_header() {
+    local title="$1" cmd="$2"
+    printf '# %s\n\n' "$title"
+    printf -- '- date: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    printf -- '- machine: %s; load average at start: %s\n' "$(bench_machine)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf -- '- commit: %s%s\n' "$(git -C "$BENCH_ROOT" rev-parse --short HEAD)" \
+        "$(git -C "$BENCH_ROOT" diff --quiet HEAD -- crates 2>/dev/null || echo ' (crates/ has uncommitted changes)')"
+    printf -- '- command: `%s`\n\n' "$cmd"
+}
+
+# coscale up on free ports: bench_up DATA_DIR [MANIFEST]; sets UP_PID and the endpoint variables
+# API, ROUTER_HTTP; waits until endpoints.json is written and the API answers.
+bench_up() {
+    local dir="$1" manifest="${2:-}" args=()
+    [[ -n "$manifest" ]] && args=(-f "$manifest")
+    "$BIN" up --data-dir "$dir" --api-addr 127.0.0.1:0 --agent-addr 127.0.0.1:0 \
+        --router-addr 127.0.0.1:0 --router-grpc-addr 127.0.0.1:0 "${args[@]}" \
+        >"$dir.up.log" 2>&1 &
+    UP_PID=$!
+    bench_track "$UP_PID"
+    bench_wait_file "$dir/endpoints.json" 30
+    API="$(jq -r .api "$dir/endpoints.json")"
+    ROUTER_HTTP="$(jq -r .router_http "$dir/endpoints.json")"
+    bench_wait_http "$ROUTER_HTTP/v2/health/live" 30 "$UP_PID"
+}
+
+# bench_wait_servers DATA_DIR SECONDS: until every Server has all its replicas ready; then records
+# the replica pids in AGENT_PIDS (and tracks them for cleanup) and the first replica's http address
+# in AGENT_HTTP.
+bench_wait_servers() {
+    local dir="$1" deadline=$((SECONDS + $2)) json
+    while :; do
+        json="$("$BIN" get servers --data-dir "$dir" -o json 2>/dev/null || true)"
+        if [[ -n "$json" ]] && jq -e 'length > 0 and all(.[]; .ready_replicas >= .desired_replicas
+                and ([.replicas[] | select(.state == "Ready" and .pid != null)] | length) >= .desired_replicas)' \
+                <<<"$json" >/dev/null; then
+            break
+        fi
+        ((SECONDS < deadline)) || bench_die "servers not ready within $2 s: $json"
+        sleep 0.2
+    done
+    mapfile -t AGENT_PIDS < <(jq -r '.[].replicas[] | select(.state == "Ready") | .pid' <<<"$json")
+    AGENT_HTTP="$(jq -r '[.[].replicas[] | select(.state == "Ready") | .http][0]' <<<"$json")"
+    [[ "$AGENT_HTTP" == http* ]] || AGENT_HTTP="http://$AGENT_HTTP"
+    local p
+    for p in "${AGENT_PIDS[@]}"; do bench_track "$p"; done
+}
+
+# bench_wait_models DATA_DIR COUNT SECONDS [STATE...]: until COUNT models are in one of the given
+# states (default ModelAvailable). Prints the count per state when it gives up.
+bench_wait_models() {
+    local dir="$1" count="$2" deadline=$((SECONDS + $3)) states json n
+    shift 3
+    states="$(printf '%s\n' "${@:-ModelAvailable}" | jq -R . | jq -sc .)"
+    while :; do
+        json="$("$BIN" get models --data-dir "$dir" -o json 2>/dev/null || echo '[]')"
+        n="$(jq --argjson s "$states" '[.[] | select(.state as $x | $s | index($x))] | length' <<<"$json")"
+        ((n >= count)) && return 0
+        if ((SECONDS >= deadline)); then
+            bench_log "models not settled within $3 s: $(jq -c 'group_by(.state) | map({(.[0].state): length}) | add' <<<"$json")"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# The runtime on its own: bench_runtime HTTP_PORT GRPC_PORT [MODEL...]; sets RT_PID.
+bench_runtime() {
+    local http="$1" grpc="$2" loads=()
+    shift 2
+    local m
+    for m in "$@"; do loads+=(--load "$m"); done
+    "$BIN" runtime --repository "$BENCH_ROOT/examples/models" "${loads[@]}" \
+        --http-addr "127.0.0.1:$http" --grpc-addr "127.0.0.1:$grpc" >"$BENCH_TMP/runtime-$http.log" 2>&1 &
+    RT_PID=$!
+    bench_track "$RT_PID"
+    bench_wait_http "http://127.0.0.1:$http/v2/health/ready" 30 "$RT_PID"
+}
