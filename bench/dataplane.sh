@@ -141,6 +141,17 @@ for model in $MODELS; do
     done
 done
 
+# Background CPU of each target's processes with no load (counted in its CPU/request too).
+IDLE_SECONDS=10
+declare -A IDLE0
+for t in $TARGETS; do IDLE0[$t]="$(bench_cpu_ticks ${PIDS[$t]})"; done
+sleep "$IDLE_SECONDS"
+IDLE_NOTE="Idle CPU of the measured processes over ${IDLE_SECONDS} s before the runs (in % of one core):"
+for t in $TARGETS; do
+    IDLE_NOTE+=" $t $(awk -v d=$(($(bench_cpu_ticks ${PIDS[$t]}) - IDLE0[$t])) -v hz="$CLK_TCK" -v s="$IDLE_SECONDS" \
+        'BEGIN { printf "%.1f", 100 * d / hz / s }') %;"
+done
+
 RAW="$BENCH_TMP/raw.tsv"
 : >"$RAW"
 run_wrk() { # target model conns seconds → RESULT line
@@ -176,6 +187,7 @@ report() {
         "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$DURATION" "$WARMUP"
     printf 'nginx %s (1 worker, keepalive upstream), nothing pinned, CLK_TCK %s.\n\n' \
         "$(nginx -v 2>&1 | sed 's|.*/||')" "$CLK_TCK"
+    printf '%s\n\n' "${IDLE_NOTE%;}."
     awk -F'\t' -v hz="$CLK_TCK" '
     {
         k = $1 SUBSEP $3 SUBSEP $2
