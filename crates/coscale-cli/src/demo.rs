@@ -140,7 +140,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         agent_program: program,
         agent_args: vec!["agent".to_owned()],
         reconcile_interval: Duration::from_millis(500),
-        stats_interval: Duration::from_secs(1),
+        stats_interval: Duration::from_millis(500),
+        autoscale: coscale_control::autoscaling::AutoscaleConfig::default(),
         router: coscale_router::RouterConfig::default(),
     })
     .await?;

@@ -9,6 +9,7 @@ pub mod objects;
 pub mod output;
 pub mod platform;
 pub mod serve;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ pub enum Command {
     Agent(serve::AgentArgs),
     /// Run the built-in V2 inference server on its own, with a model repository.
     Runtime(serve::RuntimeArgs),
+    /// Simulate autoscaling policies on a trace (deterministic, virtual time).
+    Sim(sim::SimArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,5 +136,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agent(a) => serve::agent(a).await,
         Command::Runtime(a) => serve::runtime(a).await,
+        Command::Sim(a) => sim::run(a).await,
     }
 }

@@ -29,6 +29,7 @@ pub struct PlatformOptions {
     pub agent_args: Vec<String>,
     pub reconcile_interval: Duration,
     pub stats_interval: Duration,
+    pub autoscale: coscale_control::autoscaling::AutoscaleConfig,
     pub router: RouterConfig,
 }
 
@@ -89,6 +90,7 @@ impl Platform {
             token: token.clone(),
             reconcile_interval: opts.reconcile_interval,
             stats_interval: opts.stats_interval,
+            autoscale: opts.autoscale.clone(),
         })?;
         let api = bind(opts.api_addr, "control-plane API").await?;
         let agents = bind(opts.agent_addr, "agent channel").await?;

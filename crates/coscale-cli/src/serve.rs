@@ -41,9 +41,88 @@ pub struct UpArgs {
     /// Largest inference request body (bytes); larger ones get 413.
     #[arg(long, env = "COSCALE_BODY_LIMIT", default_value_t = 64 << 20)]
     pub body_limit: usize,
-    /// Seconds between periodic reconciles (retries of unplaced models).
-    #[arg(long, env = "COSCALE_RECONCILE_SECONDS", default_value_t = 1.0)]
+    /// Seconds between periodic reconciles (retries of unplaced models) and autoscaling rounds.
+    #[arg(long, env = "COSCALE_RECONCILE_SECONDS", default_value_t = 0.5)]
     pub reconcile_seconds: f64,
+    #[command(flatten)]
+    pub autoscaling: AutoscalingArgs,
+}
+
+/// Global native-autoscaling knobs; each Model may override them by annotation
+/// (`coscale.io/autoscaling-mode`, `coscale.io/inference-lag-threshold`, ...).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AutoscalingArgs {
+    /// Model step mode: `proportional` (coscale's default) or `seldon` (±1 per period).
+    #[arg(long, env = "COSCALE_AUTOSCALING_MODE")]
+    pub autoscaling_mode: Option<String>,
+    /// In-flight requests per model replica that call for more replicas.
+    #[arg(long, env = "SELDON_MODEL_INFERENCE_LAG_THRESHOLD")]
+    pub model_inference_lag_threshold: Option<String>,
+    /// Seconds without requests after which a model scales down.
+    #[arg(long, env = "SELDON_MODEL_INACTIVE_SECONDS_THRESHOLD")]
+    pub model_inactive_seconds_threshold: Option<String>,
+    /// Seconds between autoscaling decisions of a model.
+    #[arg(long, env = "SELDON_SCALING_STATS_PERIOD_SECONDS")]
+    pub scaling_stats_period_seconds: Option<String>,
+    /// Seconds a model must be stable before it scales down.
+    #[arg(long, env = "COSCALE_SCALING_STABILITY_WINDOW_SECONDS")]
+    pub scaling_stability_window_seconds: Option<String>,
+    /// Seconds of in-flight samples averaged by the proportional mode.
+    #[arg(long, env = "COSCALE_SCALING_LAG_WINDOW_SECONDS")]
+    pub scaling_lag_window_seconds: Option<String>,
+    /// Most model replicas one server packing step may move (0 disables packing).
+    #[arg(long, env = "COSCALE_SERVER_MAX_MOVES", default_value_t = 2)]
+    pub server_max_moves: u32,
+    /// Seconds between periodic packing checks of a server.
+    #[arg(
+        long,
+        env = "COSCALE_SERVER_PACK_PERIOD_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub server_pack_period_seconds: f64,
+    /// Seconds an emptied server replica is kept before it is released.
+    #[arg(
+        long,
+        env = "COSCALE_SERVER_SCALE_DOWN_DELAY_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub server_scale_down_delay_seconds: f64,
+}
+
+impl AutoscalingArgs {
+    pub fn config(&self) -> anyhow::Result<coscale_control::autoscaling::AutoscaleConfig> {
+        use coscale_core::autoscale as a;
+        let mut env = std::collections::BTreeMap::new();
+        for (key, value) in [
+            (a::ENV_MODE, &self.autoscaling_mode),
+            (a::ENV_LAG_THRESHOLD, &self.model_inference_lag_threshold),
+            (
+                a::ENV_INACTIVE_SECONDS,
+                &self.model_inactive_seconds_threshold,
+            ),
+            (a::ENV_STATS_PERIOD, &self.scaling_stats_period_seconds),
+            (
+                a::ENV_STABILITY_WINDOW,
+                &self.scaling_stability_window_seconds,
+            ),
+            (a::ENV_LAG_WINDOW, &self.scaling_lag_window_seconds),
+        ] {
+            if let Some(v) = value {
+                env.insert(key.to_owned(), v.clone());
+            }
+        }
+        let model = a::ModelPolicyConfig::from_env_map(&env)
+            .map_err(|e| anyhow::anyhow!("autoscaling settings: {e}"))?;
+        let ms = |s: f64| (s.max(0.0) * 1000.0) as u64;
+        Ok(coscale_control::autoscaling::AutoscaleConfig {
+            model,
+            server: a::ServerPlanConfig {
+                max_moves_per_period: self.server_max_moves,
+                pack_period_ms: ms(self.server_pack_period_seconds),
+                scale_down_delay_ms: ms(self.server_scale_down_delay_seconds),
+            },
+        })
+    }
 }
 
 impl UpArgs {
@@ -58,7 +137,8 @@ impl UpArgs {
             agent_program: program,
             agent_args: vec!["agent".to_owned()],
             reconcile_interval: Duration::from_secs_f64(self.reconcile_seconds.max(0.05)),
-            stats_interval: Duration::from_secs(1),
+            stats_interval: Duration::from_millis(500),
+            autoscale: self.autoscaling.config()?,
             router: RouterConfig {
                 body_limit_bytes: self.body_limit,
                 ..RouterConfig::default()
@@ -139,6 +219,9 @@ pub struct AgentArgs {
     pub exit_after_disconnect: u64,
     #[arg(long, env = "COSCALE_BODY_LIMIT", default_value_t = 64 << 20)]
     pub body_limit: usize,
+    /// The `mlserver` executable for `--runtime mlserver` (default: `mlserver` on PATH).
+    #[arg(long, env = "COSCALE_MLSERVER")]
+    pub mlserver_command: Option<PathBuf>,
 }
 
 pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -154,6 +237,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     cfg.http_addr = a.http_addr;
     cfg.grpc_addr = a.grpc_addr;
     cfg.body_limit = a.body_limit;
+    cfg.mlserver_command = a.mlserver_command;
     cfg.exit_after_disconnect =
         (a.exit_after_disconnect > 0).then(|| Duration::from_secs(a.exit_after_disconnect));
     let exit = coscale_agent::run(cfg, stop_signal()).await?;

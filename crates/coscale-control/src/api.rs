@@ -384,14 +384,54 @@ struct ServerLabel {
     server: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DecisionLabel {
+    kind: String,
+    direction: String,
+    reason: String,
+}
+
 /// `coscale_control_*` gauges, computed from the state at scrape time.
 async fn metrics(AxState(cp): AxState<ControlPlane>) -> Result<Response, ApiError> {
     let mut registry = Registry::default();
     let models = Family::<StateLabel, Gauge>::default();
     let desired = Family::<ServerLabel, Gauge>::default();
     let ready = Family::<ServerLabel, Gauge>::default();
+    let model_desired = Family::<ModelLabel, Gauge>::default();
+    let model_available = Family::<ModelLabel, Gauge>::default();
+    let model_inflight = Family::<ModelLabel, Gauge>::default();
+    let decisions =
+        Family::<DecisionLabel, prometheus_client::metrics::counter::Counter>::default();
     {
         let st = cp.state();
+        for m in st.model_statuses() {
+            let l = ModelLabel {
+                model: m.name.clone(),
+            };
+            model_desired
+                .get_or_create(&l)
+                .set(i64::from(m.desired_replicas));
+            model_available
+                .get_or_create(&l)
+                .set(i64::from(m.available_replicas));
+            let (inflight, _) =
+                st.model_load(&coscale_core::ids::ModelName::new(m.name), m.version);
+            model_inflight.get_or_create(&l).set(i64::from(inflight));
+        }
+        for ((kind, direction, reason), n) in &st.autoscale.decisions {
+            decisions
+                .get_or_create(&DecisionLabel {
+                    kind: (*kind).to_owned(),
+                    direction: (*direction).to_owned(),
+                    reason: (*reason).to_owned(),
+                })
+                .inc_by(*n);
+        }
         for (state, n) in st.model_state_counts() {
             models
                 .get_or_create(&StateLabel {
@@ -410,6 +450,26 @@ async fn metrics(AxState(cp): AxState<ControlPlane>) -> Result<Response, ApiErro
         "coscale_server_desired_replicas",
         "Desired server replicas",
         desired,
+    );
+    registry.register(
+        "coscale_model_desired_replicas",
+        "Desired model replicas (manifest or autoscaler)",
+        model_desired,
+    );
+    registry.register(
+        "coscale_model_available_replicas",
+        "Available model replicas",
+        model_available,
+    );
+    registry.register(
+        "coscale_model_inflight_requests",
+        "Requests in flight over a model's replicas (the inference lag)",
+        model_inflight,
+    );
+    registry.register(
+        "coscale_autoscaler_decisions",
+        "Autoscaling decisions by kind, direction and reason",
+        decisions,
     );
     registry.register(
         "coscale_server_ready_replicas",

@@ -9,6 +9,7 @@
 //! over the wire or through the routing-table channel only).
 
 pub mod api;
+pub mod autoscaling;
 pub mod configs;
 pub mod provision;
 pub mod service;

@@ -34,6 +34,8 @@ pub struct ControlConfig {
     pub reconcile_interval: Duration,
     /// How often agents send stats.
     pub stats_interval: Duration,
+    /// Native autoscaling settings.
+    pub autoscale: crate::autoscaling::AutoscaleConfig,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -148,6 +150,16 @@ impl ControlPlane {
         });
     }
 
+    /// Runs one autoscaling round and persists what it chose.
+    pub fn autoscale_now(&self) {
+        let changes = self
+            .state()
+            .autoscale(now_millis(), &self.inner.config.autoscale);
+        if let Err(e) = self.inner.store.persist(&changes) {
+            warn!("could not persist autoscaling decisions: {e}");
+        }
+    }
+
     /// Asks the reconcile loop to run soon.
     pub fn wake(&self) {
         self.inner.wake.notify_one();
@@ -199,6 +211,7 @@ impl ControlPlane {
                 _ = tick.tick() => {}
                 _ = self.inner.wake.notified() => {}
             }
+            self.autoscale_now();
             self.reconcile_now();
         }
     }
@@ -308,8 +321,8 @@ impl ControlPlane {
                 );
                 self.reconcile_now();
             }
-            Some(agent_message::Kind::Stats(_)) => {
-                // Consumed by the autoscalers.
+            Some(agent_message::Kind::Stats(stats)) => {
+                self.state().ingest_stats(server, replica, session, &stats);
             }
             Some(agent_message::Kind::Register(_)) | None => {}
         }

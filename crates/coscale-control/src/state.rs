@@ -33,12 +33,38 @@ pub struct ModelRecord {
     /// Deleted by the user; kept until every replica is unloaded.
     pub deleted: bool,
     pub created_unix_millis: u64,
+    /// Replica count chosen by an autoscaler; overrides `spec.replicas` until the
+    /// user changes the replica counts in the manifest. Durable.
+    #[serde(default)]
+    pub autoscaled_replicas: Option<u32>,
+    /// When the replica count or version last changed (autoscaling stability).
+    #[serde(default)]
+    pub last_change_unix_millis: u64,
+}
+
+impl ModelRecord {
+    /// Desired replicas: the autoscaler's choice, else the manifest's.
+    pub fn replicas(&self) -> u32 {
+        self.autoscaled_replicas
+            .unwrap_or(self.model.scaling.replicas)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerRecord {
     pub server: Server,
     pub created_unix_millis: u64,
+    /// Replica count chosen by the server autoscaler (durable); see [`ModelRecord`].
+    #[serde(default)]
+    pub autoscaled_replicas: Option<u32>,
+}
+
+impl ServerRecord {
+    /// Desired replicas: the autoscaler's choice, else the manifest's.
+    pub fn replicas(&self) -> u32 {
+        self.autoscaled_replicas
+            .unwrap_or(self.server.scaling.replicas)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,7 +144,7 @@ pub struct Command {
     pub message: ControlMessage,
 }
 
-type ReplicaKey = (ServerName, ReplicaIndex);
+pub(crate) type ReplicaKey = (ServerName, ReplicaIndex);
 
 /// The whole control-plane state.
 #[derive(Debug, Default)]
@@ -126,10 +152,27 @@ pub struct State {
     pub models: BTreeMap<ModelName, ModelRecord>,
     pub servers: BTreeMap<ServerName, ServerRecord>,
     pub configs: BTreeMap<String, ServerConfigRecord>,
-    replicas: BTreeMap<ReplicaKey, ReplicaEntry>,
+    pub(crate) replicas: BTreeMap<ReplicaKey, ReplicaEntry>,
     /// Last placement decision per model.
-    decisions: BTreeMap<ModelName, Decision>,
+    pub(crate) decisions: BTreeMap<ModelName, Decision>,
     events: BTreeMap<String, VecDeque<EventRecord>>,
+    /// Latest data-plane stats each replica pushed, per model version.
+    pub(crate) live: BTreeMap<ReplicaKey, BTreeMap<(ModelName, u32), LiveStats>>,
+    /// What the autoscalers remember between rounds.
+    pub(crate) autoscale: crate::autoscaling::Memory,
+}
+
+/// The latest stats of one model version on one replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LiveStats {
+    pub in_flight: u32,
+    pub last_used_unix_millis: u64,
+    pub requests_total: u64,
+    pub failed_total: u64,
+    pub latency_seconds_total: f64,
+    pub rest_total: u64,
+    pub grpc_total: u64,
+    pub unix_millis: u64,
 }
 
 /// A change the store must persist after a state mutation.
@@ -213,8 +256,13 @@ impl State {
                 if new_version {
                     rec.version = rec.version.saturating_add(1);
                 }
+                if rec.deleted || rec.model.scaling != model.scaling {
+                    // the user set replica counts: they win over the autoscaler
+                    rec.autoscaled_replicas = None;
+                }
                 rec.deleted = false;
                 rec.model = model;
+                rec.last_change_unix_millis = now;
                 let rec = rec.clone();
                 let msg = if new_version {
                     format!("spec changed: version {} created", rec.version)
@@ -230,6 +278,8 @@ impl State {
                     version: 1,
                     deleted: false,
                     created_unix_millis: now,
+                    autoscaled_replicas: None,
+                    last_change_unix_millis: now,
                 };
                 self.models.insert(name.clone(), rec.clone());
                 self.event(
@@ -263,6 +313,9 @@ impl State {
         match self.servers.get_mut(&name) {
             Some(rec) if rec.server == server => ("unchanged", None),
             Some(rec) => {
+                if rec.server.scaling != server.scaling {
+                    rec.autoscaled_replicas = None;
+                }
                 rec.server = server;
                 let rec = rec.clone();
                 self.event(
@@ -270,7 +323,7 @@ impl State {
                     now,
                     false,
                     "Updated",
-                    format!("desired replicas {}", rec.server.scaling.replicas),
+                    format!("desired replicas {}", rec.replicas()),
                 );
                 ("configured", Some(Persist::PutServer(rec)))
             }
@@ -278,6 +331,7 @@ impl State {
                 let rec = ServerRecord {
                     server,
                     created_unix_millis: now,
+                    autoscaled_replicas: None,
                 };
                 self.servers.insert(name.clone(), rec.clone());
                 self.event(
@@ -285,7 +339,7 @@ impl State {
                     now,
                     false,
                     "Created",
-                    format!("desired replicas {}", rec.server.scaling.replicas),
+                    format!("desired replicas {}", rec.replicas()),
                 );
                 ("created", Some(Persist::PutServer(rec)))
             }
@@ -345,7 +399,9 @@ impl State {
                     .configs
                     .get(&rec.server.server_config)
                     .map(|c| &c.config);
-                (rec.server.name.clone(), configs::launch(&rec.server, cfg))
+                let mut launch = configs::launch(&rec.server, cfg);
+                launch.replicas = rec.replicas();
+                (rec.server.name.clone(), launch)
             })
             .collect()
     }
@@ -434,6 +490,7 @@ impl State {
             .is_some_and(|r| r.session == session)
         {
             self.replicas.remove(&key);
+            self.live.remove(&key);
             self.event(
                 server_key(server.as_str()),
                 now,
@@ -497,6 +554,8 @@ impl State {
             }
             AgentEventKind::Unloaded => {
                 entry.models.remove(&key);
+                // a model replica left this server: the server autoscaler may pack
+                self.autoscale.replica_removed.insert(server.clone());
             }
             AgentEventKind::UnloadFailed => {
                 // The agent could not unload: forget it here (the agent discards the model).
@@ -573,7 +632,7 @@ impl State {
     fn server_desired(&self, server: &ServerName) -> u32 {
         self.servers
             .get(server)
-            .map(|s| s.server.scaling.replicas)
+            .map(ServerRecord::replicas)
             .unwrap_or(0)
     }
 
@@ -748,7 +807,7 @@ impl State {
         self.decisions.insert(d.model.clone(), d);
     }
 
-    fn server_views(&self) -> Vec<ServerView> {
+    pub(crate) fn server_views(&self) -> Vec<ServerView> {
         self.servers
             .values()
             .map(|rec| {
@@ -790,7 +849,7 @@ impl State {
             .fold(0u64, u64::saturating_add)
     }
 
-    fn demand(&self, rec: &ModelRecord) -> ModelDemand {
+    pub(crate) fn demand(&self, rec: &ModelRecord) -> ModelDemand {
         let name = &rec.model.name;
         // where the latest version lives now (loading, available or failed)
         let mut by_server: BTreeMap<ServerName, BTreeSet<ReplicaIndex>> = BTreeMap::new();
@@ -813,14 +872,14 @@ impl State {
             name: name.clone(),
             requirements: rec.model.spec.requirements.clone(),
             memory_bytes: rec.model.spec.memory_bytes.unwrap_or(0),
-            replicas: rec.model.scaling.replicas,
+            replicas: rec.replicas(),
             min_replicas: rec.model.scaling.min_replicas,
             server: rec.model.spec.server.clone(),
             current,
         }
     }
 
-    fn count_state(&self, rec: &ModelRecord, state: ReplicaModelState) -> u32 {
+    pub(crate) fn count_state(&self, rec: &ModelRecord, state: ReplicaModelState) -> u32 {
         let n = self
             .replicas
             .values()
@@ -835,12 +894,12 @@ impl State {
 
     /// (state, reason) of a model, following Seldon's derivation (see the semantics
     /// reference §2.1) with placement failures reported as `ScheduleFailed`.
-    fn model_state(&self, rec: &ModelRecord) -> (&'static str, String) {
+    pub(crate) fn model_state(&self, rec: &ModelRecord) -> (&'static str, String) {
         if rec.deleted {
             return ("ModelTerminating", "unloading".to_owned());
         }
         let available = self.count_state(rec, ReplicaModelState::Available);
-        let desired = rec.model.scaling.replicas;
+        let desired = rec.replicas();
         let min = rec.model.scaling.min_replicas;
         let failure = self.replicas.values().find_map(|e| {
             e.models
@@ -912,7 +971,7 @@ impl State {
                 .get(&rec.model.name)
                 .and_then(|d| d.server.as_ref())
                 .map(|s| s.to_string()),
-            desired_replicas: rec.model.scaling.replicas,
+            desired_replicas: rec.replicas(),
             available_replicas: self.count_state(rec, ReplicaModelState::Available),
             min_replicas: rec.model.scaling.min_replicas,
             max_replicas: rec.model.scaling.max_replicas,
@@ -940,7 +999,7 @@ impl State {
                 .get(&rec.server.server_config)
                 .map(|c| &c.config),
         );
-        let desired = rec.server.scaling.replicas;
+        let desired = rec.replicas();
         let mut replicas = Vec::new();
         let mut loaded_models = 0u32;
         let mut ready = 0u32;
