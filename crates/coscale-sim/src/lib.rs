@@ -1,0 +1,242 @@
+//! coscale-sim: a deterministic discrete-event simulator for comparing autoscaling
+//! policies on the same traffic, in virtual time.
+//!
+//! A [`scenario::Scenario`] names models, servers, traffic, the SLO and the policies;
+//! [`run`] builds the trace once, runs every policy on it with the very same request
+//! stream, seed and delay model, and returns a [`Summary`] (the `summary.json`
+//! schema) plus time series for charts ([`report`]). Placement is
+//! `coscale_core::placement`, the HPA is `coscale_core::hpa`; nothing here reads a
+//! clock, spawns a task or touches the network, and the same seed always gives the
+//! same bytes.
+//!
+//! Depends on coscale-core only; must not depend on tokio or any service crate.
+
+pub mod engine;
+pub mod policy;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod trace;
+
+use serde::Serialize;
+
+use engine::{percentile_ms, Outcomes, Sample, Sim, SimConfig};
+use policy::oracle::{self, ModelPlan};
+use policy::{Policy, PolicyKind};
+use scenario::{Scenario, ScenarioError};
+use trace::Trace;
+
+/// What went wrong running a scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    #[error("policy {policy}: {message}")]
+    Policy { policy: String, message: String },
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub requests: u64,
+    /// LB_S of `benchmarks.md` §3.5: the start-up-aware lower bound on model
+    /// replica-seconds, the denominator of `cost_vs_oracle`.
+    pub oracle_lower_bound_replica_seconds: f64,
+    pub policies: Vec<PolicySummary>,
+}
+
+/// One policy's line of the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicySummary {
+    pub name: String,
+    /// Requests served within the SLO over all requests (dropped and timed-out count
+    /// as violations).
+    pub slo_attainment: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub dropped: u64,
+    pub timed_out: u64,
+    pub model_replica_seconds: f64,
+    pub server_replica_seconds: f64,
+    pub cost_vs_oracle: f64,
+    /// Changes of a model's desired replicas or of a server's replica count.
+    pub scale_actions: u64,
+    /// Such changes that reverse the previous one's direction within 60 s.
+    pub flaps: u64,
+    /// After the largest rise in load (10 s windows), seconds until ready capacity
+    /// (Σ ready replicas × μ) covers the new load; `null` if it never does.
+    pub time_to_scale_s: Option<f64>,
+}
+
+/// One policy's time series.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    pub policy: String,
+    pub samples: Vec<Sample>,
+}
+
+/// The result of a scenario: the summary and the charts' data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub summary: Summary,
+    pub series: Vec<Series>,
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// The simulation settings a scenario implies.
+pub fn sim_config(s: &Scenario) -> SimConfig {
+    SimConfig {
+        seed: s.seed,
+        duration_s: s.duration_s,
+        slo_s: s.slo_s,
+        timeout_s: s.timeout_s,
+        max_pending: s.max_pending,
+        chart_points: s.chart_points,
+        capacity: s
+            .models
+            .iter()
+            .map(|m| oracle::replica_capacity(m, s.slo_s))
+            .collect(),
+    }
+}
+
+/// Builds a policy for a scenario (`plans` are the oracle's, used by `oracle`).
+pub fn build_policy(
+    kind: &PolicyKind,
+    s: &Scenario,
+    plans: &[ModelPlan],
+) -> Result<Box<dyn Policy>, String> {
+    let window = s.rps_window_s as usize;
+    Ok(match kind {
+        PolicyKind::Hpa(c) => Box::new(policy::hpa::Hpa::new(c.clone(), &s.models, window)?),
+        PolicyKind::Kpa(c) => Box::new(policy::kpa::Kpa::new(c.clone(), s.models.len())),
+        PolicyKind::Keda(c) => Box::new(policy::keda::Keda::new(c.clone(), &s.models, window)?),
+        PolicyKind::Seldon(c) => Box::new(policy::seldon::Seldon { cfg: c.clone() }),
+        PolicyKind::Static(n) => Box::new(policy::seldon::Static(*n)),
+        PolicyKind::Oracle => {
+            let server_start = s.servers.iter().map(|x| x.startup_s).fold(0.0, f64::max);
+            let leads: Vec<f64> = s.models.iter().map(|m| m.load_s + server_start).collect();
+            Box::new(oracle::Oracle::new(
+                plans,
+                &leads,
+                s.oracle_window_s,
+                s.duration_s,
+            ))
+        }
+    })
+}
+
+/// Time to scale after the largest rise in load (see [`PolicySummary::time_to_scale_s`]).
+pub fn time_to_scale(arrivals: &[u32], capacity: &[f64]) -> Option<f64> {
+    const W: usize = 10;
+    let rates: Vec<f64> = arrivals
+        .chunks(W)
+        .map(|c| c.iter().map(|&x| f64::from(x)).sum::<f64>() / W as f64)
+        .collect();
+    let (mut best, mut onset) = (0.0, None);
+    for w in 1..rates.len() {
+        let rise = rates[w] - rates[w - 1];
+        if rise > best {
+            best = rise;
+            onset = Some(w);
+        }
+    }
+    let w = onset?;
+    let after = &rates[w..rates.len().min(w + 6)];
+    let load = after.iter().sum::<f64>() / after.len() as f64;
+    let start = w * W;
+    capacity
+        .iter()
+        .enumerate()
+        .skip(start)
+        .find(|(_, &c)| c >= load)
+        .map(|(t, _)| (t - start) as f64)
+}
+
+/// Summarises one run.
+pub fn summarize(name: &str, mut o: Outcomes, lb_s: f64) -> (PolicySummary, Vec<Sample>) {
+    let total = o.requests.max(1) as f64;
+    let tts = time_to_scale(&o.arrivals_per_sec, &o.capacity_per_sec);
+    let p50 = percentile_ms(&mut o.latencies_us, 0.50);
+    let p99 = percentile_ms(&mut o.latencies_us, 0.99);
+    let summary = PolicySummary {
+        name: name.to_string(),
+        slo_attainment: round(o.good as f64 / total, 4),
+        p50_ms: round(p50, 3),
+        p99_ms: round(p99, 3),
+        dropped: o.dropped,
+        timed_out: o.timed_out,
+        model_replica_seconds: round(o.model_replica_seconds, 1),
+        server_replica_seconds: round(o.server_replica_seconds, 1),
+        cost_vs_oracle: if lb_s > 0.0 {
+            round(o.model_replica_seconds / lb_s, 3)
+        } else {
+            0.0
+        },
+        scale_actions: o.scale_actions,
+        flaps: o.flaps,
+        time_to_scale_s: tts,
+    };
+    (summary, o.samples)
+}
+
+/// Runs one policy on a trace; returns the raw measurements.
+pub fn run_one(
+    s: &Scenario,
+    cfg: &SimConfig,
+    trace: &Trace,
+    policy: &mut dyn Policy,
+    progress: &mut dyn FnMut(f64),
+) -> Outcomes {
+    Sim::new(cfg, &s.models, &s.servers, policy).run(trace, progress)
+}
+
+/// Runs every policy of a scenario. `progress(policy index, fraction)`.
+pub fn run(s: &Scenario, progress: &mut dyn FnMut(usize, f64)) -> Result<Run, SimError> {
+    let trace = s.build_trace()?;
+    run_trace(s, &trace, progress)
+}
+
+/// [`run`] on a trace already built.
+pub fn run_trace(
+    s: &Scenario,
+    trace: &Trace,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<Run, SimError> {
+    let plans = oracle::plan(&s.models, trace, s.slo_s, s.oracle_window_s, s.duration_s);
+    let lb_s: f64 = plans.iter().map(|p| p.lb_s).sum();
+    let cfg = sim_config(s);
+    let mut policies = Vec::new();
+    let mut series = Vec::new();
+    for (i, spec) in s.policies.iter().enumerate() {
+        let err = |message: String| SimError::Policy {
+            policy: spec.name().to_string(),
+            message,
+        };
+        let kind = spec.kind().map_err(err)?;
+        let mut policy = build_policy(&kind, s, &plans).map_err(err)?;
+        let out = run_one(s, &cfg, trace, policy.as_mut(), &mut |f| progress(i, f));
+        let (summary, samples) = summarize(spec.name(), out, lb_s);
+        policies.push(summary);
+        series.push(Series {
+            policy: spec.name().to_string(),
+            samples,
+        });
+    }
+    Ok(Run {
+        summary: Summary {
+            scenario: s.name.clone(),
+            seed: s.seed,
+            requests: trace.requests.len() as u64,
+            oracle_lower_bound_replica_seconds: round(lb_s, 1),
+            policies,
+        },
+        series,
+    })
+}

@@ -1,0 +1,202 @@
+//! Output files: `summary.json`, one SVG per policy (load, model replicas, server
+//! replicas and p99 latency over time, four stacked panels) and `report.html` that
+//! shows the table and the charts side by side. SVG is written by hand.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::engine::Sample;
+use crate::{Run, Series, Summary};
+
+/// Why the report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot encode the summary: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// The summary as pretty JSON with a trailing newline.
+pub fn summary_json(s: &Summary) -> Result<String, serde_json::Error> {
+    Ok(serde_json::to_string_pretty(s)? + "\n")
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A file-name-safe form of a policy name.
+pub fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+const W: f64 = 420.0;
+const PANEL_H: f64 = 90.0;
+const GAP: f64 = 28.0;
+const LEFT: f64 = 52.0;
+
+fn panel(out: &mut String, top: f64, title: &str, xs: &[f64], ys: &[f64], x_max: f64, color: &str) {
+    let y_max = ys.iter().copied().fold(0.0, f64::max).max(1e-9);
+    let plot_w = W - LEFT - 10.0;
+    let _ = write!(
+        out,
+        r##"<text x="{LEFT}" y="{:.1}" font-size="11" font-family="sans-serif">{}  (max {:.3})</text>"##,
+        top - 4.0,
+        esc(title),
+        y_max
+    );
+    let _ = write!(
+        out,
+        r##"<rect x="{LEFT}" y="{top:.1}" width="{plot_w:.1}" height="{PANEL_H}" fill="none" stroke="#bbb"/>"##
+    );
+    let _ = write!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="end" font-family="sans-serif">{:.3}</text><text x="{:.1}" y="{:.1}" font-size="9" text-anchor="end" font-family="sans-serif">0</text>"##,
+        LEFT - 3.0,
+        top + 9.0,
+        y_max,
+        LEFT - 3.0,
+        top + PANEL_H
+    );
+    let mut pts = String::new();
+    for (x, y) in xs.iter().zip(ys) {
+        let px = LEFT + plot_w * x / x_max.max(1e-9);
+        let py = top + PANEL_H - PANEL_H * y / y_max;
+        let _ = write!(pts, "{px:.1},{py:.1} ");
+    }
+    let _ = write!(
+        out,
+        r##"<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{}"/>"##,
+        pts.trim_end()
+    );
+}
+
+/// One policy's chart.
+pub fn svg(series: &Series) -> String {
+    let s: &[Sample] = &series.samples;
+    let xs: Vec<f64> = s.iter().map(|p| p.t_s).collect();
+    let x_max = xs.last().copied().unwrap_or(1.0);
+    let h = 4.0 * (PANEL_H + GAP) + 24.0;
+    let mut out = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}"><rect width="100%" height="100%" fill="white"/><text x="{LEFT}" y="14" font-size="13" font-weight="bold" font-family="sans-serif">{}</text>"##,
+        esc(&series.policy)
+    );
+    let col = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<f64>>();
+    let panels: [(&str, Vec<f64>, &str); 4] = [
+        ("load (req/s)", col(|p| p.load_rps), "#1f77b4"),
+        (
+            "model replicas",
+            col(|p| f64::from(p.model_replicas)),
+            "#2ca02c",
+        ),
+        (
+            "server replicas",
+            col(|p| f64::from(p.server_replicas)),
+            "#9467bd",
+        ),
+        ("p99 latency (ms)", col(|p| p.p99_ms), "#d62728"),
+    ];
+    for (k, (title, ys, color)) in panels.iter().enumerate() {
+        let top = 36.0 + k as f64 * (PANEL_H + GAP);
+        panel(&mut out, top, title, &xs, ys, x_max, color);
+    }
+    let _ = write!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="end" font-family="sans-serif">t = {x_max:.0} s</text></svg>"##,
+        W - 10.0,
+        h - 4.0
+    );
+    out.push('\n');
+    out
+}
+
+/// The HTML report: the summary table, then every policy's chart side by side.
+pub fn html(run: &Run) -> String {
+    let s = &run.summary;
+    let mut out = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>coscale sim: {0}</title>\
+         <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f4f4f4}}\
+         td:first-child{{text-align:left}}.charts{{display:flex;flex-wrap:wrap;gap:12px}}</style>\
+         </head><body><h1>Scenario {0}</h1><p>seed {1}, {2} requests, oracle lower bound \
+         {3} model replica-seconds</p><table><tr><th>policy</th><th>SLO attainment</th>\
+         <th>p50 ms</th><th>p99 ms</th><th>dropped</th><th>timed out</th><th>model rep·s</th>\
+         <th>server rep·s</th><th>cost vs oracle</th><th>scale actions</th><th>flaps</th>\
+         <th>time to scale s</th></tr>\n",
+        esc(&s.scenario),
+        s.seed,
+        s.requests,
+        s.oracle_lower_bound_replica_seconds
+    );
+    for p in &s.policies {
+        let tts = p
+            .time_to_scale_s
+            .map_or("—".to_string(), |t| format!("{t}"));
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&p.name),
+            p.slo_attainment,
+            p.p50_ms,
+            p.p99_ms,
+            p.dropped,
+            p.timed_out,
+            p.model_replica_seconds,
+            p.server_replica_seconds,
+            p.cost_vs_oracle,
+            p.scale_actions,
+            p.flaps,
+            tts
+        );
+    }
+    out.push_str("</table><h2>Over time</h2><div class=\"charts\">\n");
+    for series in &run.series {
+        let _ = writeln!(
+            out,
+            "<img src=\"{}.svg\" alt=\"{}\">",
+            slug(&series.policy),
+            esc(&series.policy)
+        );
+    }
+    out.push_str("</div></body></html>\n");
+    out
+}
+
+fn write(path: &Path, text: &str) -> Result<(), ReportError> {
+    std::fs::write(path, text).map_err(|source| ReportError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Writes `summary.json`, `<policy>.svg` for each policy and `report.html` into `dir`.
+pub fn write_all(run: &Run, dir: &Path) -> Result<(), ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    write(&dir.join("summary.json"), &summary_json(&run.summary)?)?;
+    for series in &run.series {
+        write(
+            &dir.join(format!("{}.svg", slug(&series.policy))),
+            &svg(series),
+        )?;
+    }
+    write(&dir.join("report.html"), &html(run))
+}
