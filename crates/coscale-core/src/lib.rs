@@ -6,6 +6,7 @@
 //! time passed in: no tokio, no I/O, no clocks, no global state. This is what lets
 //! the simulator and the live control plane run the very same code.
 
+pub mod autoscale;
 pub mod hpa;
 pub mod ids;
 pub mod placement;
