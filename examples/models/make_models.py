@@ -34,13 +34,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_ROWS = [0, 50, 100, 70, 133]
 
 
-def convert(model, path):
+def convert(model, name, path):
     onx = convert_sklearn(
         model,
         initial_types=[("input", FloatTensorType([None, 4]))],
         options={id(model): {"zipmap": False}},
         target_opset=TARGET_OPSET,
     )
+    # skl2onnx names the graph with a random uuid; a fixed name keeps the files reproducible.
+    onx.graph.name = name
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(onx.SerializeToString())
@@ -56,8 +58,8 @@ def main():
         hidden_layer_sizes=(512, 512), max_iter=500, random_state=0
     ).fit(x, y)
 
-    convert(lr, os.path.join(HERE, "iris", "model.onnx"))
-    convert(mlp, os.path.join(HERE, "iris-mlp", "model.onnx"))
+    convert(lr, "iris", os.path.join(HERE, "iris", "model.onnx"))
+    convert(mlp, "iris_mlp", os.path.join(HERE, "iris-mlp", "model.onnx"))
 
     samples = x[SAMPLE_ROWS]
     report = {

@@ -304,3 +304,25 @@ async fn repository_index_load_and_unload_change_what_is_served() {
         (404, json!({"error": "model 'absent' not found"}))
     );
 }
+
+#[tokio::test]
+async fn the_readme_sample_request_gets_the_readme_answer() {
+    let s = Server::start(1 << 20).await;
+    let body = r#"{
+      "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4],
+                  "data": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]}],
+      "outputs": [{"name": "label"}]
+    }"#;
+    let resp = s
+        .http
+        .post(format!("{}/v2/models/iris/infer", s.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"{"model_name":"iris","model_version":"1","parameters":{},"outputs":[{"name":"label","datatype":"INT64","shape":[2],"data":[0,2]}]}"#
+    );
+}
