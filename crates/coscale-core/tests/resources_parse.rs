@@ -452,6 +452,29 @@ fn server_configs_need_a_pod_spec_and_keep_volume_claim_templates() {
 }
 
 #[test]
+fn horizontal_pod_autoscalers_of_models_and_servers_are_read_with_api_defaults() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/hpa/single-model-serving-hpa.yaml"
+    ))
+    .unwrap();
+    let hpas: Vec<_> = resources(&text)
+        .into_iter()
+        .map(|r| match r {
+            Resource::Hpa(h) => h,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(hpas.len(), 2);
+    assert_eq!(hpas[0].meta.name, "irisa0-model-hpa");
+    assert_eq!(hpas[0].meta.namespace.as_deref(), Some("seldon-mesh"));
+    assert_eq!(hpas[1].hpa.spec.scale_target_ref.kind, "Server");
+    assert_eq!(hpas[1].hpa.spec.min_replicas, 1);
+    let e = errors("apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: d}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: d}\n  maxReplicas: 2\n");
+    assert_first_error(&e, "spec.scaleTargetRef.kind", "a Model or a Server");
+}
+
+#[test]
 fn unsupported_kinds_and_api_versions_are_rejected_clearly() {
     let doc = |api: &str, kind: &str| {
         format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: x\nspec: {{}}\n")
@@ -461,10 +484,7 @@ fn unsupported_kinds_and_api_versions_are_rejected_clearly() {
         assert_eq!(e.0[0].message, format!("{kind} is not supported by coscale yet (coscale reads Model, Server and ServerConfig)"));
     }
     let e = errors(&doc("autoscaling/v2", "HorizontalPodAutoscaler"));
-    assert_eq!(
-        e.0[0].message,
-        "HorizontalPodAutoscaler is not supported yet"
-    );
+    assert_first_error(&e, "spec", "scaleTargetRef");
     let e = errors(&doc("mlops.seldon.io/v1alpha2", "Model"));
     assert_first_error(&e, "apiVersion", "must be \"mlops.seldon.io/v1alpha1\"");
     let e = errors(&doc("v1", "ConfigMap"));

@@ -155,6 +155,74 @@ fn parse_document(
     }
 }
 
+/// An `autoscaling/v2` HorizontalPodAutoscaler: upstream defaults and validation
+/// (`crate::hpa::api`), then coscale's rule that it scales a Model or a Server.
+fn hpa(value: &Value) -> Result<Resource, Vec<FieldError>> {
+    use crate::hpa::HpaError;
+    let yaml = serde_yaml::to_value(value).map_err(|e| {
+        vec![FieldError::new(
+            "",
+            format!("not representable as YAML: {e}"),
+        )]
+    })?;
+    let hpa = crate::hpa::api::hpa_from_value(yaml).map_err(|e| match e {
+        HpaError::Syntax(m) => vec![FieldError::new("", m)],
+        HpaError::Field { path, message } => vec![FieldError::new(path, message)],
+        HpaError::Invalid(list) => list
+            .into_iter()
+            .map(|f| FieldError::new(f.path, f.message))
+            .collect(),
+    })?;
+    let mut errors = Vec::new();
+    let name = hpa.metadata.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        errors.push(FieldError::new("metadata.name", "name is required"));
+    }
+    let target = &hpa.spec.scale_target_ref;
+    if !matches!(target.kind.as_str(), "Model" | "Server") {
+        errors.push(FieldError::new(
+            "spec.scaleTargetRef.kind",
+            format!(
+                "coscale scales a Model or a Server, found {:?}",
+                target.kind
+            ),
+        ));
+    }
+    if let Some(api) = target
+        .api_version
+        .as_deref()
+        .filter(|a| *a != SELDON_API_VERSION)
+    {
+        errors.push(FieldError::new(
+            "spec.scaleTargetRef.apiVersion",
+            format!("must be {SELDON_API_VERSION:?}, found {api:?}"),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let string_map = |key: &str| -> std::collections::BTreeMap<String, String> {
+        hpa.metadata
+            .other
+            .get(key)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let meta = super::Meta {
+        name,
+        namespace: hpa.metadata.namespace.clone(),
+        labels: string_map("labels"),
+        annotations: string_map("annotations"),
+        generation: None,
+    };
+    Ok(Resource::Hpa(Box::new(super::Hpa { meta, hpa })))
+}
+
 /// The one place that decides what each (`apiVersion`, `kind`) becomes.
 fn parse_object(value: &Value) -> Result<Resource, Vec<FieldError>> {
     let Some(map) = value.as_object() else {
@@ -189,11 +257,7 @@ fn parse_object(value: &Value) -> Result<Resource, Vec<FieldError>> {
                 format!("{kind} is not supported by coscale yet (coscale reads Model, Server and ServerConfig)"),
             )])
         }
-        // To accept autoscalers: add `Resource::Hpa` and parse it here.
-        ("autoscaling/v2", "HorizontalPodAutoscaler") => Err(vec![FieldError::new(
-            "kind",
-            "HorizontalPodAutoscaler is not supported yet",
-        )]),
+        (crate::hpa::api::API_VERSION, crate::hpa::api::KIND) => hpa(value),
         (
             _,
             "Model" | "Server" | "ServerConfig" | "Pipeline" | "Experiment" | "SeldonRuntime"

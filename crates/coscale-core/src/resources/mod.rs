@@ -37,15 +37,26 @@ pub enum Resource {
     Model(Model),
     Server(Server),
     ServerConfig(ServerConfig),
+    /// `autoscaling/v2` HorizontalPodAutoscaler targeting a Model or a Server.
+    Hpa(Box<Hpa>),
+}
+
+/// A validated HorizontalPodAutoscaler (API defaults applied) and its metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hpa {
+    pub meta: Meta,
+    pub hpa: crate::hpa::HorizontalPodAutoscaler,
 }
 
 impl Resource {
-    /// The manifest `kind`: `"Model"`, `"Server"` or `"ServerConfig"`.
+    /// The manifest `kind`: `"Model"`, `"Server"`, `"ServerConfig"` or
+    /// `"HorizontalPodAutoscaler"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Resource::Model(_) => "Model",
             Resource::Server(_) => "Server",
             Resource::ServerConfig(_) => "ServerConfig",
+            Resource::Hpa(_) => "HorizontalPodAutoscaler",
         }
     }
 
@@ -59,6 +70,7 @@ impl Resource {
             Resource::Model(m) => &m.meta,
             Resource::Server(s) => &s.meta,
             Resource::ServerConfig(c) => &c.meta,
+            Resource::Hpa(h) => &h.meta,
         }
     }
 }
