@@ -130,7 +130,28 @@ fn seldon_mode_scales_up_while_loading_only_if_lag_exceeds_the_desired_replicas(
     o.available = 1;
     assert_eq!(decide_model(&cfg, &mut state, &o), None);
     o.in_flight = 90;
-    assert_eq!(decide_model(&cfg, &mut state, &o).unwrap().replicas, 4);
+    let d = decide_model(&cfg, &mut state, &o).unwrap();
+    assert_eq!(d.replicas, 4);
+    assert!(d.reason.contains("(1 of 3 available)"), "{}", d.reason);
+}
+
+#[test]
+fn proportional_mode_counts_loading_replicas_as_coming() {
+    let cfg = ModelPolicyConfig::proportional();
+    let mut state = ModelPolicyState::default();
+    // 4 desired, 1 available: 110 in flight needs ceil(110 / 30) = 4, already on the way.
+    let mut o = obs(1_000, 110, 4);
+    o.available = 1;
+    assert_eq!(decide_model(&cfg, &mut state, &o), None);
+    o.now_ms = 2_000;
+    o.in_flight = 190; // mean 150 -> 5
+    let d = decide_model(&cfg, &mut state, &o).unwrap();
+    assert_eq!(d.replicas, 5);
+    assert!(
+        d.reason.ends_with("(1 of 4 available): 4 -> 5"),
+        "{}",
+        d.reason
+    );
 }
 
 #[test]
@@ -488,6 +509,22 @@ proptest! {
         prop_assert!(m.direction_changes() <= 1, "{:?}", m.decisions);
         // And once settled it stays: the last minute holds no decision.
         prop_assert!(m.decisions.iter().all(|(t, _)| *t < 540_000), "{:?}", m.decisions);
+    }
+
+    #[test]
+    fn noisy_load_within_forty_percent_for_ten_minutes_changes_direction_at_most_once(
+        cfg in mode_strategy(),
+        base in 1u32..300,
+        noise in prop::collection::vec(0u32..=40, 600),
+        replicas in 1u32..20,
+    ) {
+        let mut m = Model::new(cfg, replicas, 0, UNSET);
+        let period = m.cfg.stats_period_ms;
+        for (i, t) in (0..600_000).step_by(usize::try_from(period).unwrap()).enumerate() {
+            let in_flight = base + base * noise[i % noise.len()] / 100;
+            m.tick(t, in_flight);
+        }
+        prop_assert!(m.direction_changes() <= 1, "{:?}", m.decisions);
     }
 
     #[test]

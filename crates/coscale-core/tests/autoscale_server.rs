@@ -441,7 +441,7 @@ fn packing_that_would_move_nothing_leaves_empty_replicas_to_their_delay() {
 }
 
 #[test]
-fn a_one_replica_server_and_a_server_at_zero_are_never_scaled_down_or_up_from_idle() {
+fn a_one_replica_server_is_never_scaled_down_and_a_server_at_zero_is_left_alone() {
     let cfg = ServerPlanConfig::default();
     let one = server(1, 4 * GB);
     let mut state = ServerPlanState::default();

@@ -200,7 +200,12 @@ fn seldon(
             num(per_replica),
             num(cfg.lag_threshold)
         );
-        return Some(change(obs.replicas, obs.replicas + 1, "lag", why));
+        return Some(change(
+            obs.replicas,
+            obs.replicas + 1,
+            "lag",
+            why + &loading_note(obs),
+        ));
     }
     if obs.replicas > floor {
         if let Some(why) = inactive_and_stable(cfg, obs) {
@@ -232,6 +237,7 @@ fn proportional(
         if target < wanted {
             why.push_str(&format!(", capped at max {cap}"));
         }
+        why.push_str(&loading_note(obs));
         return Some(change(obs.replicas, target, "lag", why));
     }
     if obs.replicas <= floor {
@@ -284,6 +290,16 @@ fn inactive_and_stable(cfg: &ModelPolicyConfig, obs: &ModelObservation) -> Optio
         num(ms_to_s(stable_ms)),
         num(ms_to_s(cfg.stability_window_ms))
     ))
+}
+
+/// Says how many replicas are still on their way, if any: the lag was already compared
+/// with the desired count, so they were counted as coming.
+fn loading_note(obs: &ModelObservation) -> String {
+    if obs.available < obs.replicas {
+        format!(" ({} of {} available)", obs.available, obs.replicas)
+    } else {
+        String::new()
+    }
 }
 
 fn stable_for_ms(obs: &ModelObservation) -> u64 {
