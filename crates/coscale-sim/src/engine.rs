@@ -20,6 +20,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
+use coscale_core::autoscale::{plan_server, ServerPlanConfig, ServerPlanInput, ServerPlanState};
 use coscale_core::ids::{ModelName, ReplicaIndex, ServerName};
 use coscale_core::placement::{
     place, replicas_needed, CurrentPlacement, ModelDemand, Outcome, ReplicaView, ServerView,
@@ -81,6 +82,10 @@ pub struct Outcomes {
     pub arrivals_per_sec: Vec<u32>,
     /// Σ ready replicas × μ at the end of each second.
     pub capacity_per_sec: Vec<f64>,
+    /// Every change of a model's desired replicas: (time, model, new count).
+    pub decisions: Vec<(Micros, u32, u32)>,
+    /// Every change of a server's replica count: (time, server, new count).
+    pub server_decisions: Vec<(Micros, u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,6 +162,10 @@ pub struct Sim<'a> {
     ring_head: usize,
     ring_filled: usize,
     demands: Vec<ModelDemand>,
+    demands_stale: bool,
+    native_cfg: ServerPlanConfig,
+    native_states: Vec<ServerPlanState>,
+    native_demands: Vec<Vec<ModelDemand>>,
     server_names: Vec<ServerName>,
     placement_dirty: bool,
     server_dirty: bool,
@@ -237,6 +246,10 @@ impl<'a> Sim<'a> {
             ring_head: 0,
             ring_filled: 0,
             demands,
+            demands_stale: true,
+            native_cfg: ServerPlanConfig::default(),
+            native_states: vec![ServerPlanState::default(); servers_spec.len()],
+            native_demands: vec![Vec::new(); servers_spec.len()],
             server_names: servers_spec
                 .iter()
                 .map(|s| ServerName::new(s.name.clone()))
@@ -553,6 +566,7 @@ impl<'a> Sim<'a> {
             ready,
             placed: mr.reps.len() as u32,
             outstanding: mr.outstanding,
+            pending: mr.pending.len() as u32,
             max_replica_outstanding: max_out,
             last_used: mr.last_used,
             state_changed: mr.state_changed,
@@ -573,9 +587,11 @@ impl<'a> Sim<'a> {
         mr.last_dir = dir;
         mr.last_scale = self.now;
         mr.desired = d;
+        self.out.decisions.push((self.now, m as u32, d));
         mr.state_changed = self.now;
         self.placement_dirty = true;
         self.server_dirty = true;
+        self.demands_stale = true;
     }
 
     fn tick(&mut self) {
@@ -681,6 +697,7 @@ impl<'a> Sim<'a> {
         }
         sr.last_dir = dir;
         sr.last_change = self.now;
+        self.out.server_decisions.push((self.now, s as u32, target));
         if target > cur {
             let startup = micros(self.servers_spec[s].startup_s);
             for ordinal in cur..target {
@@ -727,6 +744,7 @@ impl<'a> Sim<'a> {
         self.models[m].state_changed = self.now;
         self.placed_total -= 1;
         self.replica_removed = true;
+        self.demands_stale = true;
         let queued = std::mem::take(&mut self.reps[r].queue);
         for (arrival, service) in queued {
             self.route(m, arrival, service, false);
@@ -755,6 +773,44 @@ impl<'a> Sim<'a> {
                         }
                     } else {
                         self.servers[s].below_since = None;
+                    }
+                }
+                ServerRule::Native => {
+                    self.refresh_demands();
+                    let view = self.server_view(s);
+                    let mut used = BTreeSet::new();
+                    for mr in &self.models {
+                        for &r in &mr.reps {
+                            let rep = &self.reps[r as usize];
+                            if rep.server == s as u32 {
+                                used.insert(rep.ordinal);
+                            }
+                        }
+                    }
+                    let empty = self.servers[s]
+                        .reps
+                        .iter()
+                        .enumerate()
+                        .filter(|(o, rep)| rep.ready && !used.contains(&(*o as u32)))
+                        .map(|(o, _)| ReplicaIndex(o as u32))
+                        .collect();
+                    let input = ServerPlanInput {
+                        server: &view,
+                        current_replicas: cur,
+                        min_replicas: spec.min_replicas,
+                        max_replicas: spec.max_replicas,
+                        models: &self.native_demands[s],
+                        empty_replicas: empty,
+                        now_ms: self.now / 1000,
+                    };
+                    let removed = self.replica_removed;
+                    if let Some(d) = plan_server(
+                        &self.native_cfg,
+                        &mut self.native_states[s],
+                        &input,
+                        removed,
+                    ) {
+                        self.set_server_count(s, d.replicas);
                     }
                 }
                 ServerRule::Seldon => {
@@ -797,9 +853,7 @@ impl<'a> Sim<'a> {
 
     /// `replicas_needed` for server `s` over the models it hosts (or would host).
     fn needed(&mut self, s: usize) -> Option<u32> {
-        for (d, mr) in self.demands.iter_mut().zip(&self.models) {
-            d.replicas = mr.desired;
-        }
+        self.refresh_demands();
         let spec = &self.servers_spec[s];
         let template = ServerView {
             name: self.server_names[s].clone(),
@@ -825,31 +879,35 @@ impl<'a> Sim<'a> {
         replicas_needed(&template, &mine, spec.max_replicas)
     }
 
-    fn place_models(&mut self) {
-        self.placement_dirty = false;
-        let views: Vec<ServerView> = self
-            .servers
-            .iter()
-            .zip(self.servers_spec.iter())
-            .enumerate()
-            .map(|(s, (rt, spec))| ServerView {
-                name: self.server_names[s].clone(),
-                replicas: rt
-                    .reps
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.ready)
-                    .map(|(o, _)| ReplicaView {
-                        index: ReplicaIndex(o as u32),
-                        capabilities: Vec::new(),
-                        memory_bytes: spec.memory_bytes,
-                        reserved_bytes: 0,
-                        draining: false,
-                    })
-                    .collect(),
-                accepting: true,
-            })
-            .collect();
+    /// Server `s` as placement sees it: its connected replicas.
+    fn server_view(&self, s: usize) -> ServerView {
+        let spec = &self.servers_spec[s];
+        ServerView {
+            name: self.server_names[s].clone(),
+            replicas: self.servers[s]
+                .reps
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.ready)
+                .map(|(o, _)| ReplicaView {
+                    index: ReplicaIndex(o as u32),
+                    capabilities: Vec::new(),
+                    memory_bytes: spec.memory_bytes,
+                    reserved_bytes: 0,
+                    draining: false,
+                })
+                .collect(),
+            accepting: true,
+        }
+    }
+
+    /// Brings every model's demand (desired replicas, current placement) up to date,
+    /// and the per-server lists of models with replicas that live on or want a server.
+    fn refresh_demands(&mut self) {
+        if !self.demands_stale {
+            return;
+        }
+        self.demands_stale = false;
         for (m, d) in self.demands.iter_mut().enumerate() {
             let mr = &self.models[m];
             d.replicas = mr.desired;
@@ -862,6 +920,30 @@ impl<'a> Sim<'a> {
                     .collect(),
             });
         }
+        if self.rule == ServerRule::Native {
+            let single = self.servers.len() == 1;
+            for (s, list) in self.native_demands.iter_mut().enumerate() {
+                list.clear();
+                list.extend(
+                    self.demands
+                        .iter()
+                        .zip(&self.models)
+                        .filter(|(d, mr)| {
+                            d.replicas > 0 && (single || mr.server.is_none_or(|x| x as usize == s))
+                        })
+                        .map(|(d, _)| d.clone()),
+                );
+            }
+        }
+    }
+
+    fn place_models(&mut self) {
+        self.placement_dirty = false;
+        let views: Vec<ServerView> = (0..self.servers.len())
+            .map(|s| self.server_view(s))
+            .collect();
+        self.demands_stale = true;
+        self.refresh_demands();
         let decisions = place(&views, &self.demands);
         for (m, dec) in decisions.into_iter().enumerate() {
             let server = dec
@@ -915,6 +997,7 @@ impl<'a> Sim<'a> {
                     });
                     self.models[m].reps.push(r as u32);
                     self.placed_total += 1;
+                    self.demands_stale = true;
                     let load = micros(self.specs[m].load_s);
                     self.push(self.now + load, Ev::RepReady { rep: r as u32 });
                 }

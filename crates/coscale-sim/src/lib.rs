@@ -119,6 +119,7 @@ pub fn build_policy(
         PolicyKind::Keda(c) => Box::new(policy::keda::Keda::new(c.clone(), &s.models, window)?),
         PolicyKind::Seldon(c) => Box::new(policy::seldon::Seldon { cfg: c.clone() }),
         PolicyKind::Static(n) => Box::new(policy::seldon::Static(*n)),
+        PolicyKind::Native(c) => Box::new(policy::native::Native::new(c.clone(), s.models.len())),
         PolicyKind::Oracle => {
             let server_start = s.servers.iter().map(|x| x.startup_s).fold(0.0, f64::max);
             let leads: Vec<f64> = s.models.iter().map(|m| m.load_s + server_start).collect();
@@ -195,6 +196,28 @@ pub fn run_one(
     progress: &mut dyn FnMut(f64),
 ) -> Outcomes {
     Sim::new(cfg, &s.models, &s.servers, policy).run(trace, progress)
+}
+
+/// Runs the scenario's policy named `name` on a trace; the raw measurements.
+pub fn run_named(s: &Scenario, trace: &Trace, name: &str) -> Result<Outcomes, SimError> {
+    let err = |message: String| SimError::Policy {
+        policy: name.to_string(),
+        message,
+    };
+    let spec = s
+        .policies
+        .iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| err("not in the scenario".into()))?;
+    let plans = oracle::plan(&s.models, trace, s.slo_s, s.oracle_window_s, s.duration_s);
+    let mut policy = build_policy(&spec.kind().map_err(err)?, s, &plans).map_err(err)?;
+    Ok(run_one(
+        s,
+        &sim_config(s),
+        trace,
+        policy.as_mut(),
+        &mut |_| {},
+    ))
 }
 
 /// Runs every policy of a scenario. `progress(policy index, fraction)`.

@@ -10,6 +10,7 @@
 pub mod hpa;
 pub mod keda;
 pub mod kpa;
+pub mod native;
 pub mod oracle;
 pub mod seldon;
 
@@ -78,6 +79,8 @@ pub struct ModelView<'a> {
     pub placed: u32,
     /// Requests held at the router plus those at replicas.
     pub outstanding: u32,
+    /// Requests held at the router (no ready replica).
+    pub pending: u32,
     /// Largest number of requests in flight at one replica (an agent's inference lag).
     pub max_replica_outstanding: u32,
     /// When the last request arrived.
@@ -96,6 +99,8 @@ pub enum ServerRule {
     /// Seldon Core 2's: up to the largest hosted model's replica count when a model
     /// replica could not be placed; down by the number of empty replicas.
     Seldon,
+    /// coscale's native server planner, `coscale_core::autoscale::plan_server`.
+    Native,
 }
 
 /// A model autoscaling policy.
@@ -140,6 +145,18 @@ pub struct CustomPolicy {
     pub seldon: Option<seldon::SeldonConfig>,
     #[serde(default, rename = "static")]
     pub static_replicas: Option<u32>,
+    /// coscale's native policy configured as the control plane is: environment
+    /// variables (`COSCALE_AUTOSCALING_MODE`, `SELDON_MODEL_INFERENCE_LAG_THRESHOLD`, …).
+    #[serde(default)]
+    pub coscale_native: Option<NativeSpec>,
+}
+
+/// The environment the native policy's configuration is read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeSpec {
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// A resolved policy kind with its configuration.
@@ -151,6 +168,7 @@ pub enum PolicyKind {
     Seldon(seldon::SeldonConfig),
     Static(u32),
     Oracle,
+    Native(coscale_core::autoscale::ModelPolicyConfig),
 }
 
 impl PolicySpec {
@@ -170,11 +188,17 @@ impl PolicySpec {
                 "keda" => Ok(PolicyKind::Keda(keda::KedaConfig::default())),
                 "seldon" => Ok(PolicyKind::Seldon(seldon::SeldonConfig::default())),
                 "oracle" => Ok(PolicyKind::Oracle),
+                "coscale-native" | "coscale-native-proportional" => Ok(PolicyKind::Native(
+                    coscale_core::autoscale::ModelPolicyConfig::proportional(),
+                )),
+                "coscale-native-seldon" => Ok(PolicyKind::Native(
+                    coscale_core::autoscale::ModelPolicyConfig::seldon(),
+                )),
                 other => match other.strip_prefix("static-").map(str::parse::<u32>) {
                     Some(Ok(n)) => Ok(PolicyKind::Static(n)),
                     _ => Err(format!(
                         "unknown policy {other:?}; known: hpa-default, knative-kpa, keda, \
-                         seldon, static-N, oracle, or {{name, hpa|knative_kpa|keda|seldon|static: ...}}"
+                         seldon, static-N, oracle, coscale-native[-proportional], coscale-native-seldon, or {{name, hpa|knative_kpa|keda|seldon|static: ...}}"
                     )),
                 },
             },
@@ -189,10 +213,16 @@ impl PolicySpec {
                 .into_iter()
                 .flatten()
                 .collect();
+                let mut kinds = kinds;
+                if let Some(n) = &c.coscale_native {
+                    let cfg = coscale_core::autoscale::ModelPolicyConfig::from_env_map(&n.env)
+                        .map_err(|e| format!("policy {:?}: {e}", c.name))?;
+                    kinds.push(PolicyKind::Native(cfg));
+                }
                 match <[PolicyKind; 1]>::try_from(kinds) {
                     Ok([k]) => Ok(k),
                     Err(_) => Err(format!(
-                        "policy {:?} must set exactly one of hpa, knative_kpa, keda, seldon, static",
+                        "policy {:?} must set exactly one of hpa, knative_kpa, keda, seldon, static, coscale_native",
                         c.name
                     )),
                 }
