@@ -143,6 +143,11 @@ impl Client {
             .await
     }
 
+    /// GETs a JSON document of the API (`/api/v1/hpas`, `/apis/custom.metrics.k8s.io/…`).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
     pub async fn servers(&self) -> anyhow::Result<Vec<ServerStatus>> {
         self.send(self.http.get(self.url("/api/v1/servers"))).await
     }

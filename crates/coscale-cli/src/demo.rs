@@ -142,6 +142,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         reconcile_interval: Duration::from_millis(500),
         stats_interval: Duration::from_millis(500),
         autoscale: coscale_control::autoscaling::AutoscaleConfig::default(),
+        hpa: Default::default(),
         router: coscale_router::RouterConfig::default(),
     })
     .await?;

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod demo;
+pub mod hpa;
 pub mod infer;
 pub mod objects;
 pub mod output;

@@ -164,7 +164,8 @@ fn kind_path(kind: &str) -> anyhow::Result<&'static str> {
         "model" | "models" | "mlm" => "models",
         "server" | "servers" | "mls" => "servers",
         "serverconfig" | "serverconfigs" | "mlc" => "serverconfigs",
-        other => bail!("unknown kind {other:?}: use model, server or serverconfig"),
+        "hpa" | "hpas" | "horizontalpodautoscaler" | "horizontalpodautoscalers" => "hpas",
+        other => bail!("unknown kind {other:?}: use model, server, serverconfig or hpa"),
     })
 }
 
@@ -291,7 +292,8 @@ pub async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             };
             output::print(a.output, &servers, || servers_table(&servers))?;
         }
-        _ => bail!("get supports models and servers"),
+        "hpas" => crate::hpa::get(&client, a.name.as_deref(), a.output).await?,
+        _ => bail!("get supports models, servers and hpa"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -441,7 +443,8 @@ pub async fn describe(a: DescribeArgs) -> anyhow::Result<ExitCode> {
             let s = client.server(&a.name).await?;
             output::print(a.output, &s, || describe_server(&s))?;
         }
-        _ => bail!("describe supports model and server"),
+        "hpas" => crate::hpa::describe(&client, &a.name, a.output).await?,
+        _ => bail!("describe supports model, server and hpa"),
     }
     Ok(ExitCode::SUCCESS)
 }

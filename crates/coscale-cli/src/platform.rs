@@ -30,6 +30,8 @@ pub struct PlatformOptions {
     pub reconcile_interval: Duration,
     pub stats_interval: Duration,
     pub autoscale: coscale_control::autoscaling::AutoscaleConfig,
+    /// HorizontalPodAutoscaler controller settings and metrics source.
+    pub hpa: coscale_control::hpa_controller::HpaConfig,
     pub router: RouterConfig,
 }
 
@@ -91,6 +93,7 @@ impl Platform {
             reconcile_interval: opts.reconcile_interval,
             stats_interval: opts.stats_interval,
             autoscale: opts.autoscale.clone(),
+            hpa: opts.hpa.clone(),
         })?;
         let api = bind(opts.api_addr, "control-plane API").await?;
         let agents = bind(opts.agent_addr, "agent channel").await?;

@@ -46,6 +46,8 @@ pub struct UpArgs {
     pub reconcile_seconds: f64,
     #[command(flatten)]
     pub autoscaling: AutoscalingArgs,
+    #[command(flatten)]
+    pub hpa: crate::hpa::HpaArgs,
 }
 
 /// Global native-autoscaling knobs; each Model may override them by annotation
@@ -139,6 +141,7 @@ impl UpArgs {
             reconcile_interval: Duration::from_secs_f64(self.reconcile_seconds.max(0.05)),
             stats_interval: Duration::from_millis(500),
             autoscale: self.autoscaling.config()?,
+            hpa: self.hpa.config()?,
             router: RouterConfig {
                 body_limit_bytes: self.body_limit,
                 ..RouterConfig::default()

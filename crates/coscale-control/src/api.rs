@@ -79,6 +79,7 @@ pub fn router(cp: ControlPlane) -> Router {
         )
         .route("/api/v1/routes", get(routes))
         .route("/metrics", get(metrics))
+        .merge(crate::custom_metrics::routes())
         .layer(middleware::from_fn_with_state(cp.clone(), auth))
         .layer(DefaultBodyLimit::max(MANIFEST_BODY_LIMIT));
     Router::new()
@@ -177,6 +178,7 @@ fn rank(r: &Resource) -> u8 {
         Resource::ServerConfig(_) => 0,
         Resource::Server(_) => 1,
         Resource::Model(_) => 2,
+        Resource::Hpa(_) => 3,
     }
 }
 
@@ -188,6 +190,7 @@ fn preview(state: &State, r: &Resource) -> &'static str {
             .map(|rec| !rec.deleted && rec.model == *m),
         Resource::Server(s) => state.servers.get(&s.name).map(|rec| rec.server == *s),
         Resource::ServerConfig(c) => state.configs.get(&c.name).map(|rec| rec.config == *c),
+        Resource::Hpa(h) => state.hpa_unchanged(h),
     };
     match same {
         None => "created",
@@ -227,7 +230,10 @@ async fn apply(
         for r in resources {
             let kind = r.kind().to_owned();
             let name = r.name().to_owned();
-            let warnings = warnings_for(&r);
+            let mut warnings = warnings_for(&r);
+            if let Resource::Hpa(h) = &r {
+                warnings.extend(st.hpa_warnings(h));
+            }
             let action = if req.dry_run {
                 preview(&st, &r)
             } else {
@@ -235,6 +241,7 @@ async fn apply(
                     Resource::Model(m) => st.apply_model(m, now),
                     Resource::Server(s) => st.apply_server(s, now),
                     Resource::ServerConfig(c) => st.apply_config(c, now),
+                    Resource::Hpa(h) => st.apply_hpa(*h, now),
                 };
                 changes.extend(change);
                 action
@@ -259,6 +266,7 @@ fn delete_one(st: &mut State, kind: &str, name: &str, now: u64) -> Option<Persis
     match kind {
         "Model" => st.delete_model(name, now),
         "Server" => st.delete_server(name, now),
+        "HorizontalPodAutoscaler" => st.delete_hpa(name),
         _ => st.delete_config(name),
     }
 }

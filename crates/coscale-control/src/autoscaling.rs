@@ -80,6 +80,7 @@ impl State {
             })
             .collect();
         self.live.insert(key, per_model);
+        self.record_metrics(server, replica, stats);
     }
 
     /// In-flight requests (sum) and newest last use of a model version over replicas.

@@ -11,6 +11,10 @@
 pub mod api;
 pub mod autoscaling;
 pub mod configs;
+pub mod custom_metrics;
+pub mod hpa_controller;
+pub mod metrics_store;
+pub mod prometheus;
 pub mod provision;
 pub mod service;
 pub mod state;

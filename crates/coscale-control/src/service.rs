@@ -36,6 +36,8 @@ pub struct ControlConfig {
     pub stats_interval: Duration,
     /// Native autoscaling settings.
     pub autoscale: crate::autoscaling::AutoscaleConfig,
+    /// HorizontalPodAutoscaler controller settings and metrics source.
+    pub hpa: crate::hpa_controller::HpaConfig,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -69,7 +71,8 @@ impl ControlPlane {
     pub fn open(config: ControlConfig) -> Result<Self, StoreError> {
         let store = Store::open(&config.data_dir)?;
         let snap = store.load()?;
-        let state = State::from_records(snap.models, snap.servers, snap.configs);
+        let mut state = State::from_records(snap.models, snap.servers, snap.configs);
+        state.load_hpas(snap.hpas);
         info!(
             models = state.models.len(),
             servers = state.servers.len(),
@@ -205,11 +208,14 @@ impl ControlPlane {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(self.inner.config.reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hpa_tick = tokio::time::interval(self.inner.config.hpa.sync_period);
+        hpa_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {}
                 _ = self.inner.wake.notified() => {}
+                _ = hpa_tick.tick() => self.hpa_round().await,
             }
             self.autoscale_now();
             self.reconcile_now();

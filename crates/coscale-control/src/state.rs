@@ -160,6 +160,8 @@ pub struct State {
     pub(crate) live: BTreeMap<ReplicaKey, BTreeMap<(ModelName, u32), LiveStats>>,
     /// What the autoscalers remember between rounds.
     pub(crate) autoscale: crate::autoscaling::Memory,
+    /// HorizontalPodAutoscalers, their histories and the built-in metrics.
+    pub(crate) hpa: crate::hpa_controller::HpaMemory,
 }
 
 /// The latest stats of one model version on one replica.
@@ -184,6 +186,8 @@ pub enum Persist {
     DeleteServer(ServerName),
     PutConfig(ServerConfigRecord),
     DeleteConfig(String),
+    PutHpa(crate::hpa_controller::HpaRecord),
+    DeleteHpa(String),
 }
 
 fn model_key(name: impl std::fmt::Display) -> String {

@@ -9,11 +9,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::hpa_controller::HpaRecord;
 use crate::state::{ModelRecord, Persist, ServerConfigRecord, ServerRecord};
 
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 const SERVERS: TableDefinition<&str, &[u8]> = TableDefinition::new("servers");
 const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("server_configs");
+const HPAS: TableDefinition<&str, &[u8]> = TableDefinition::new("hpas");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,6 +49,7 @@ pub struct Snapshot {
     pub models: Vec<ModelRecord>,
     pub servers: Vec<ServerRecord>,
     pub configs: Vec<ServerConfigRecord>,
+    pub hpas: Vec<HpaRecord>,
 }
 
 impl Store {
@@ -62,6 +65,7 @@ impl Store {
             txn.open_table(MODELS).map_err(redb_err)?;
             txn.open_table(SERVERS).map_err(redb_err)?;
             txn.open_table(CONFIGS).map_err(redb_err)?;
+            txn.open_table(HPAS).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
         Ok(Self { db })
@@ -73,6 +77,7 @@ impl Store {
             models: read_all(&txn, MODELS)?,
             servers: read_all(&txn, SERVERS)?,
             configs: read_all(&txn, CONFIGS)?,
+            hpas: read_all(&txn, HPAS)?,
         })
     }
 
@@ -86,6 +91,7 @@ impl Store {
             let mut models = txn.open_table(MODELS).map_err(redb_err)?;
             let mut servers = txn.open_table(SERVERS).map_err(redb_err)?;
             let mut configs = txn.open_table(CONFIGS).map_err(redb_err)?;
+            let mut hpas = txn.open_table(HPAS).map_err(redb_err)?;
             for change in changes {
                 match change {
                     Persist::PutModel(r) => {
@@ -105,6 +111,12 @@ impl Store {
                     }
                     Persist::DeleteConfig(n) => {
                         configs.remove(n.as_str()).map_err(redb_err)?;
+                    }
+                    Persist::PutHpa(r) => {
+                        put(&mut hpas, r.name(), r)?;
+                    }
+                    Persist::DeleteHpa(n) => {
+                        hpas.remove(n.as_str()).map_err(redb_err)?;
                     }
                 }
             }

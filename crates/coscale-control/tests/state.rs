@@ -19,6 +19,7 @@ fn apply(st: &mut State, yaml: &str) {
             Resource::ServerConfig(c) => {
                 st.apply_config(c, 1);
             }
+            Resource::Hpa(_) => {}
         }
     }
 }
