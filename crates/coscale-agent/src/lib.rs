@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub unload_grace: Duration,
     /// Longest wait for in-flight requests when unloading or draining.
     pub drain_timeout: Duration,
+    /// The `mlserver` executable for `runtime: mlserver` (None: `COSCALE_MLSERVER`,
+    /// then `PATH`).
+    pub mlserver_command: Option<std::path::PathBuf>,
 }
 
 impl AgentConfig {
@@ -71,6 +74,7 @@ impl AgentConfig {
             load_timeout: Duration::from_secs(600),
             unload_grace: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
+            mlserver_command: None,
         }
     }
 }
@@ -88,7 +92,7 @@ pub enum Exit {
 
 /// Runs an agent until it is drained, shut down, or loses its control plane.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<Exit> {
-    let backend = backend::for_runtime(&config.runtime);
+    let backend = backend::for_config(&config);
     let stats = stats::Stats::new(
         &config.server,
         config.replica,
@@ -140,6 +144,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         locks: Locks::default(),
         http_addr,
         grpc_addr,
+        orphans: std::sync::Mutex::default(),
     });
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);

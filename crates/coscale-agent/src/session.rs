@@ -12,12 +12,13 @@ use coscale_api::pb::agent::{
     Register, Unload,
 };
 use coscale_api::routing::internal_model_name;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{broadcast, mpsc, Mutex};
 use tokio::time::Instant;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::artifact;
+use crate::backend::BackendEvent;
 use crate::dataplane::DataPlane;
 use crate::AgentConfig;
 
@@ -49,7 +50,14 @@ pub struct Ctx {
     pub locks: Locks,
     pub http_addr: std::net::SocketAddr,
     pub grpc_addr: std::net::SocketAddr,
+    /// Models reported unloaded because the backend lost them (its server died), by
+    /// internal name, with when. The backend reloads them itself; if the control plane
+    /// does not ask for one again within [`ORPHAN_GRACE`], it is unloaded here too.
+    pub orphans: std::sync::Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a lost-and-restored model stays loaded without the control plane asking.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
 fn event(
     name: &str,
@@ -125,8 +133,14 @@ pub async fn run_once(ctx: &Arc<Ctx>, connected: &mut bool) -> Result<SessionEnd
     *connected = true;
     info!(server = %cfg.server, replica = cfg.replica, "connected to the control plane");
     let mut stats_every = tokio::time::interval(Duration::from_secs(1));
+    let mut backend_events = ctx.dp.backend.subscribe();
     loop {
         tokio::select! {
+            ev = next_backend_event(&mut backend_events) => {
+                if let Some(BackendEvent::Lost { models, reason }) = ev {
+                    report_lost(ctx, &models, &reason, &tx).await;
+                }
+            }
             msg = inbound.message() => {
                 let msg = match msg {
                     Ok(Some(m)) => m,
@@ -158,18 +172,102 @@ pub async fn run_once(ctx: &Arc<Ctx>, connected: &mut bool) -> Result<SessionEnd
     }
 }
 
+/// The next event of the backend, or never when it raises none.
+async fn next_backend_event(
+    rx: &mut Option<broadcast::Receiver<BackendEvent>>,
+) -> Option<BackendEvent> {
+    match rx {
+        Some(r) => match r.recv().await {
+            Ok(ev) => Some(ev),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The backend's server died: tell the control plane these models are not here any
+/// more (so routers stop sending to this replica and placement re-plans), and forget
+/// them after [`ORPHAN_GRACE`] unless the control plane asks for them again.
+async fn report_lost(
+    ctx: &Arc<Ctx>,
+    models: &[String],
+    reason: &str,
+    tx: &mpsc::Sender<AgentMessage>,
+) {
+    let loaded = ctx.dp.stats.loaded();
+    for internal in models {
+        let Some((name, version)) = loaded
+            .iter()
+            .find(|(n, v)| internal_model_name(n, *v) == *internal)
+        else {
+            continue;
+        };
+        warn!(model = %internal, "reporting unloaded: {reason}");
+        let since = Instant::now();
+        ctx.orphans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(internal.clone(), since);
+        let _ = tx
+            .send(event(
+                name,
+                *version,
+                model_event::Kind::Unloaded,
+                format!("{reason}; restarting the server"),
+                0,
+            ))
+            .await;
+        tokio::spawn(forget_orphan(ctx.clone(), internal.clone(), since));
+    }
+}
+
+async fn forget_orphan(ctx: Arc<Ctx>, internal: String, since: Instant) {
+    tokio::time::sleep(ORPHAN_GRACE).await;
+    let lock = ctx.locks.get(&internal);
+    let _guard = lock.lock().await;
+    let still = {
+        let mut orphans = ctx.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        let still = orphans.get(&internal) == Some(&since);
+        if still {
+            orphans.remove(&internal);
+        }
+        still
+    };
+    if still {
+        info!(model = %internal, "not requested again after the server restart; unloading");
+        let _ = ctx.dp.backend.unload(&internal).await;
+        ctx.dp.stats.model_unloaded(&internal);
+    }
+}
+
 async fn do_load(ctx: Arc<Ctx>, load: Load, tx: mpsc::Sender<AgentMessage>) {
     let Some(model) = load.model else { return };
     let internal = internal_model_name(&model.name, model.version);
     let lock = ctx.locks.get(&internal);
     let _guard = lock.lock().await;
+    ctx.orphans
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&internal);
     let reply = if ctx.dp.backend.ready(&internal) {
+        let mem = if load.memory_bytes > 0 {
+            load.memory_bytes
+        } else {
+            ctx.dp.backend.memory_of(&internal).unwrap_or(0)
+        };
+        ctx.dp
+            .stats
+            .model_loaded(&model.name, model.version, &internal, mem);
         event(
             &model.name,
             model.version,
             model_event::Kind::Loaded,
             String::new(),
-            load.memory_bytes,
+            mem,
         )
     } else {
         match artifact::resolve(&load.storage_uri) {

@@ -1,15 +1,35 @@
 //! Runtime backends: what actually runs the models of a server replica.
 //!
 //! The agent talks to every inference server through [`Backend`]: the built-in
-//! runtime runs in process; remote V2 servers (MLServer, Triton) fit the same slot.
-//! Models are addressed by their internal name `<model>_<version>`.
+//! runtime runs in process ([`builtin`]); MLServer runs as a child process driven
+//! over its V2 repository and inference APIs ([`mlserver`]). Models are addressed by
+//! their internal name `<model>_<version>`.
+
+pub mod builtin;
+pub mod mlserver;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use coscale_api::pb::inference as pb;
 use coscale_api::v2::{InferRequest, InferResponse};
-use coscale_runtime::{Engine, RuntimeError};
+use coscale_runtime::RuntimeError;
+use tokio::sync::broadcast;
+
+pub use builtin::Builtin;
+pub use mlserver::{MlServer, MlServerSettings};
+
+use crate::AgentConfig;
+
+/// Something a backend did on its own, which the control plane must hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// The inference server process died: these models (internal names) cannot be
+    /// served until it is restarted and has reloaded them.
+    Lost { models: Vec<String>, reason: String },
+    /// The restarted server has reloaded these models.
+    Restored { models: Vec<String> },
+}
 
 /// A model runtime a server replica runs.
 #[async_trait::async_trait]
@@ -18,7 +38,8 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Why this backend cannot serve at all, if it cannot.
     fn unavailable_reason(&self) -> Option<String>;
-    /// Loads an artifact under `internal`; returns the bytes the model is estimated to take.
+    /// Loads an artifact under `internal`; returns the bytes the model takes (measured
+    /// when the backend can measure it, else estimated from the artifact size).
     async fn load(&self, internal: &str, artifact: &Path) -> Result<u64, RuntimeError>;
     async fn unload(&self, internal: &str) -> Result<(), RuntimeError>;
     fn ready(&self, internal: &str) -> bool;
@@ -28,75 +49,19 @@ pub trait Backend: Send + Sync + 'static {
         internal: &str,
         request: &InferRequest,
     ) -> Result<InferResponse, RuntimeError>;
-}
-
-/// coscale's built-in ONNX runtime, in process.
-pub struct Builtin {
-    engine: Arc<Engine>,
-}
-
-impl Builtin {
-    pub fn new() -> Self {
-        Self {
-            engine: Arc::new(Engine::new()),
-        }
-    }
-}
-
-impl Default for Builtin {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[async_trait::async_trait]
-impl Backend for Builtin {
-    fn kind(&self) -> &'static str {
-        "builtin"
-    }
-
-    fn unavailable_reason(&self) -> Option<String> {
+    /// Bytes a loaded model was found to take (None = not known).
+    fn memory_of(&self, _internal: &str) -> Option<u64> {
         None
     }
-
-    async fn load(&self, internal: &str, artifact: &Path) -> Result<u64, RuntimeError> {
-        let engine = self.engine.clone();
-        let name = internal.to_owned();
-        let path = artifact.to_owned();
-        let size = artifact_size(&path);
-        tokio::task::spawn_blocking(move || engine.load(&name, &path))
-            .await
-            .map_err(|e| RuntimeError::Internal(format!("load task failed: {e}")))??;
-        Ok(size)
-    }
-
-    async fn unload(&self, internal: &str) -> Result<(), RuntimeError> {
-        self.engine.unload(internal)
-    }
-
-    fn ready(&self, internal: &str) -> bool {
-        self.engine.ready(internal)
-    }
-
-    fn metadata(&self, internal: &str) -> Result<pb::ModelMetadataResponse, RuntimeError> {
-        self.engine
-            .metadata(internal)
-            .map(|m| m.to_proto())
-            .ok_or_else(|| RuntimeError::NotFound(internal.to_owned()))
-    }
-
-    async fn infer(
-        &self,
-        internal: &str,
-        request: &InferRequest,
-    ) -> Result<InferResponse, RuntimeError> {
-        // Small models run in microseconds: inline is cheaper than a thread hop.
-        self.engine.infer(internal, request)
+    /// Events the backend raises on its own (None: it never does).
+    fn subscribe(&self) -> Option<broadcast::Receiver<BackendEvent>> {
+        None
     }
 }
 
-/// A runtime this build cannot run yet (`mlserver`, `triton`): the replica registers
-/// and says why it cannot serve, so models go `ScheduleFailed` with that reason.
+/// A runtime that cannot run here (`triton`, or `mlserver` when MLServer is not
+/// installed): the replica registers and says why it cannot serve, so models go
+/// `ScheduleFailed` with that reason.
 pub struct Unavailable {
     pub kind: &'static str,
     pub reason: String,
@@ -131,17 +96,32 @@ impl Backend for Unavailable {
     }
 }
 
-/// Picks the backend for a runtime name.
-pub fn for_runtime(runtime: &str) -> Arc<dyn Backend> {
-    match runtime {
+/// Picks the backend for the agent's runtime (`builtin`, `mlserver`, `triton`).
+/// Must be called inside a tokio runtime: the MLServer backend starts its server.
+pub fn for_config(config: &AgentConfig) -> Arc<dyn Backend> {
+    match config.runtime.as_str() {
         "builtin" => Arc::new(Builtin::new()),
-        "mlserver" => Arc::new(Unavailable {
-            kind: "mlserver",
-            reason: "the mlserver runtime is not available in this coscale build yet; use serverConfig: builtin with ONNX models".to_owned(),
-        }),
+        "mlserver" => match mlserver::find_command(config.mlserver_command.as_deref()) {
+            Ok(command) => match MlServer::start(MlServerSettings::new(
+                command,
+                &config.server,
+                config.replica,
+                config.load_timeout,
+            )) {
+                Ok(backend) => Arc::new(backend),
+                Err(e) => Arc::new(Unavailable {
+                    kind: "mlserver",
+                    reason: e.to_string(),
+                }),
+            },
+            Err(reason) => Arc::new(Unavailable {
+                kind: "mlserver",
+                reason,
+            }),
+        },
         "triton" => Arc::new(Unavailable {
             kind: "triton",
-            reason: "the triton runtime is not available in this coscale build yet; use serverConfig: builtin with ONNX models".to_owned(),
+            reason: "the triton runtime is not available in this coscale build yet; use serverConfig: builtin with ONNX models or serverConfig: mlserver".to_owned(),
         }),
         other => Arc::new(Unavailable {
             kind: "unknown",
@@ -151,7 +131,7 @@ pub fn for_runtime(runtime: &str) -> Arc<dyn Backend> {
 }
 
 /// Size of a file, or of all files under a folder (bytes).
-fn artifact_size(path: &Path) -> u64 {
+pub(crate) fn artifact_size(path: &Path) -> u64 {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => m.len(),
         Ok(m) if m.is_dir() => std::fs::read_dir(path)
