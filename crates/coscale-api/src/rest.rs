@@ -83,6 +83,12 @@ pub struct ModelStatus {
     pub available_replicas: u32,
     pub min_replicas: u32,
     pub max_replicas: Option<u32>,
+    /// Requests in flight over the model's replicas (the inference lag), as last pushed.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// Whether native autoscaling drives this model's replicas.
+    #[serde(default)]
+    pub autoscaled: bool,
     pub storage_uri: String,
     pub requirements: Vec<String>,
     pub memory_bytes: Option<u64>,

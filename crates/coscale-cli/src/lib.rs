@@ -6,6 +6,7 @@ pub mod client;
 pub mod demo;
 pub mod hpa;
 pub mod infer;
+pub mod load;
 pub mod objects;
 pub mod output;
 pub mod platform;
@@ -43,6 +44,8 @@ pub enum Command {
     Describe(objects::DescribeArgs),
     /// Send one inference request through the router.
     Infer(infer::InferArgs),
+    /// Drive open-loop load at a model through the router and report latencies.
+    Load(load::LoadArgs),
     /// Check manifests offline; exit 1 with every error if any is invalid.
     Validate(objects::ValidateArgs),
     /// HorizontalPodAutoscaler tools.
@@ -118,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(a) => objects::get(a).await,
         Command::Describe(a) => objects::describe(a).await,
         Command::Infer(a) => infer::run(a).await,
+        Command::Load(a) => load::run(a).await,
         Command::Validate(a) => Ok(objects::validate(a)),
         Command::Hpa {
             command: HpaCommand::Explain { file, output },

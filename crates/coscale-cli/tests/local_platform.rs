@@ -29,7 +29,7 @@ fn labels(resp: &coscale_api::v2::InferResponse) -> Vec<i64> {
 async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_router() {
     let up = Up::start("three", &[]).await;
     let resp = up
-        .apply_file(&examples().join("manifests/demo.yaml"))
+        .apply_file(&examples().join("manifests/multi-model.yaml"))
         .await
         .unwrap();
     assert_eq!(resp.results.len(), 4);
@@ -174,7 +174,7 @@ async fn killing_a_replica_process_under_traffic_fails_no_request_and_it_comes_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_the_control_plane_brings_every_model_back_without_reapplying() {
     let mut up = Up::start("restart", &[]).await;
-    up.apply_file(&examples().join("manifests/demo.yaml"))
+    up.apply_file(&examples().join("manifests/multi-model.yaml"))
         .await
         .unwrap();
     up.wait_available("iris", 2).await;

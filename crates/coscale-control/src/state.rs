@@ -979,6 +979,12 @@ impl State {
             available_replicas: self.count_state(rec, ReplicaModelState::Available),
             min_replicas: rec.model.scaling.min_replicas,
             max_replicas: rec.model.scaling.max_replicas,
+            in_flight: self.model_load(&rec.model.name, rec.version).0,
+            autoscaled: rec.model.scaling.autoscaling_enabled()
+                && !self
+                    .autoscale
+                    .hpa_targets
+                    .contains(&format!("Model/{}", rec.model.name)),
             storage_uri: rec.model.spec.storage_uri.clone(),
             requirements: rec.model.spec.requirements.clone(),
             memory_bytes: rec.model.spec.memory_bytes,
