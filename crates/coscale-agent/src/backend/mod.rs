@@ -144,3 +144,38 @@ pub(crate) fn artifact_size(path: &Path) -> u64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(runtime: &str) -> AgentConfig {
+        let mut c = AgentConfig::new(String::new(), String::new(), "s".to_owned(), 0);
+        c.runtime = runtime.to_owned();
+        c
+    }
+
+    #[test]
+    fn an_mlserver_replica_without_mlserver_says_how_to_install_it() {
+        let mut c = config("mlserver");
+        c.mlserver_command = Some("/nonexistent/bin/mlserver".into());
+        let b = for_config(&c);
+        assert_eq!(b.kind(), "mlserver");
+        let reason = b.unavailable_reason().unwrap_or_default();
+        assert!(reason.contains("/nonexistent/bin/mlserver"), "{reason}");
+        assert!(reason.contains("install-mlserver.sh"), "{reason}");
+    }
+
+    #[test]
+    fn triton_and_unknown_runtimes_are_unavailable_with_a_reason() {
+        assert!(for_config(&config("triton"))
+            .unavailable_reason()
+            .is_some_and(|r| r.contains("triton")));
+        assert!(for_config(&config("nope"))
+            .unavailable_reason()
+            .is_some_and(|r| r.contains("unknown runtime")));
+        assert!(for_config(&config("builtin"))
+            .unavailable_reason()
+            .is_none());
+    }
+}
