@@ -2,6 +2,7 @@
 //! and talks to it (`apply`, `get`, `describe`, `delete`, `infer`), plus offline tools
 //! (`validate`, `hpa explain`).
 
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod hpa;
@@ -48,6 +49,11 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Check manifests offline; exit 1 with every error if any is invalid.
     Validate(objects::ValidateArgs),
+    /// Benchmarks on the local platform.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
     /// HorizontalPodAutoscaler tools.
     Hpa {
         #[command(subcommand)]
@@ -122,6 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Describe(a) => objects::describe(a).await,
         Command::Infer(a) => infer::run(a).await,
         Command::Load(a) => load::run(a).await,
+        Command::Bench { command } => bench::run(command).await,
         Command::Validate(a) => Ok(objects::validate(a)),
         Command::Hpa {
             command: HpaCommand::Explain { file, output },
