@@ -385,21 +385,34 @@ impl Shared {
         Some(metadata_from_json(&v))
     }
 
-    /// Loads a model whose folder exists; returns the resident-set growth.
-    async fn load_on(&self, proc: &Proc, internal: &str) -> Result<u64, RuntimeError> {
+    /// Loads a model whose folder exists; returns the memory it takes: the growth of
+    /// the resident set across the load, at least `floor` and any earlier figure.
+    async fn load_on(&self, proc: &Proc, internal: &str, floor: u64) -> Result<u64, RuntimeError> {
         let before = rss_bytes(proc.pid).unwrap_or(0);
         self.repository_call(proc, internal, true, self.settings.load_timeout)
             .await?;
         let after = rss_bytes(proc.pid).unwrap_or(0);
         let metadata = self.fetch_metadata(proc, internal).await;
-        let growth = after.saturating_sub(before);
-        self.update(|s| {
-            if let Some(h) = s.held.get_mut(internal) {
+        let growth = after.saturating_sub(before).max(floor);
+        Ok(self.update(|s| match s.held.get_mut(internal) {
+            Some(h) => {
                 h.ready = true;
                 h.metadata = metadata;
+                h.memory = h.memory.max(growth);
+                h.memory
             }
-        });
-        Ok(growth)
+            None => growth,
+        }))
+    }
+
+    /// Whether the server answers `/v2/health/live` within `timeout`.
+    async fn live(&self, proc: &Proc, timeout: Duration) -> bool {
+        self.http
+            .get(format!("{}/v2/health/live", proc.http))
+            .timeout(timeout)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
 }
 
@@ -548,7 +561,7 @@ async fn restore(shared: &Shared, proc: &Proc) {
     }
     let mut restored = Vec::new();
     for name in names {
-        match shared.load_on(proc, &name).await {
+        match shared.load_on(proc, &name, 0).await {
             Ok(_) => restored.push(name),
             Err(e) => warn!(model = %name, "reload after MLServer restart failed: {e}"),
         }
@@ -572,12 +585,8 @@ async fn watch_process(shared: &Shared, proc: &Proc, child: &mut Child) -> Strin
             }
             _ = tokio::time::sleep(shared.settings.health_interval) => {
                 let live = shared
-                    .http
-                    .get(format!("{}/v2/health/live", proc.http))
-                    .timeout(shared.settings.call_timeout.min(Duration::from_secs(5)))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                    .live(proc, shared.settings.call_timeout.min(Duration::from_secs(5)))
+                    .await;
                 failures = if live { 0 } else { failures + 1 };
                 if failures >= 3 {
                     return format!("MLServer (pid {}) failed 3 health checks in a row", proc.pid);
@@ -804,14 +813,8 @@ impl Backend for MlServer {
         };
         let deadline = Instant::now() + shared.settings.load_timeout;
         let proc = shared.wait_for(deadline, |s| s.proc.clone()).await?;
-        match shared.load_on(&proc, internal).await {
-            Ok(growth) => {
-                let memory = growth.max(size);
-                shared.update(|s| {
-                    if let Some(h) = s.held.get_mut(internal) {
-                        h.memory = memory;
-                    }
-                });
+        match shared.load_on(&proc, internal, size).await {
+            Ok(memory) => {
                 guard.armed = false;
                 Ok(memory)
             }
@@ -915,14 +918,7 @@ impl Backend for MlServer {
                     // supervisor has replaced it, then try again.
                     last_err = Some(e.to_string());
                     let gen = proc.generation;
-                    let alive = shared
-                        .http
-                        .get(format!("{}/v2/health/live", proc.http))
-                        .timeout(Duration::from_secs(1))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success());
-                    if !alive {
+                    if !shared.live(&proc, Duration::from_secs(1)).await {
                         shared
                             .wait_for(deadline, |s| {
                                 (s.proc.as_ref().map(|p| p.generation) != Some(gen)).then_some(())
@@ -949,7 +945,7 @@ impl Backend for MlServer {
                 reloaded = true;
                 warn!(model = %internal, "MLServer does not know a held model; reloading it");
                 let _lock = shared.load_lock.lock().await;
-                shared.load_on(&proc, internal).await?;
+                shared.load_on(&proc, internal, 0).await?;
                 continue;
             }
             return Err(upstream_error(status, &bytes, internal));
