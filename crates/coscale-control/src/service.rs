@@ -50,6 +50,14 @@ pub fn now_millis() -> u64 {
 
 type Outbound = mpsc::UnboundedSender<Result<ControlMessage, Status>>;
 
+/// A registered agent session: who it is and its command stream.
+type Registered = (
+    ServerName,
+    ReplicaIndex,
+    u64,
+    mpsc::UnboundedReceiver<Result<ControlMessage, Status>>,
+);
+
 struct Inner {
     config: ControlConfig,
     state: Mutex<State>,
@@ -228,18 +236,7 @@ impl ControlPlane {
             .max_decoding_message_size(16 << 20)
     }
 
-    fn on_register(
-        &self,
-        reg: Register,
-    ) -> Result<
-        (
-            ServerName,
-            ReplicaIndex,
-            u64,
-            mpsc::UnboundedReceiver<Result<ControlMessage, Status>>,
-        ),
-        Status,
-    > {
+    fn on_register(&self, reg: Register) -> Result<Registered, Status> {
         if reg.server.is_empty() {
             return Err(Status::invalid_argument("register: server name is empty"));
         }

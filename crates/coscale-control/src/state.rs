@@ -1116,8 +1116,7 @@ impl State {
             }
             let endpoints = by_version
                 .into_iter()
-                .filter(|(v, _)| *v <= rec.version)
-                .next_back()
+                .rfind(|(v, _)| *v <= rec.version)
                 .map(|(_, (live, draining))| if live.is_empty() { draining } else { live })
                 .unwrap_or_default();
             models.insert(name.to_string(), ModelRoute { endpoints });

@@ -140,10 +140,7 @@ fn a_spec_change_loads_a_new_version_and_unloads_the_old_one_only_once_it_is_ava
     loaded(&mut st, "s", 0, 1, "m", 1);
     st.reconcile(2);
     // replica-count-only change: same version
-    apply(
-        &mut st,
-        &model("m", "/a", 1, "onnx").replace("memory: 1Mi", "memory: 1Mi"),
-    );
+    apply(&mut st, &model("m", "/a", 2, "onnx"));
     assert_eq!(st.model_status("m").unwrap().version, 1);
     apply(&mut st, &model("m", "/b", 1, "onnx"));
     assert_eq!(st.model_status("m").unwrap().version, 2);
