@@ -23,7 +23,7 @@ use coscale_core::hpa::{
 };
 use coscale_core::ids::{ModelName, ReplicaIndex, ServerName};
 use coscale_core::quantity::Quantity;
-use coscale_core::resources::{Hpa, Resource};
+use coscale_core::resources::Hpa;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics_store::{MetricsStore, Scope};
@@ -672,14 +672,6 @@ fn target_text(
     }
 }
 
-/// The resources of a parsed manifest that are HPAs.
-pub fn hpas_of(resources: &[Resource]) -> impl Iterator<Item = &Hpa> {
-    resources.iter().filter_map(|r| match r {
-        Resource::Hpa(h) => Some(h.as_ref()),
-        _ => None,
-    })
-}
-
 /// Which source answers metric requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -740,5 +732,146 @@ impl crate::service::ControlPlane {
         if let Err(e) = self.commit(&changes) {
             tracing::warn!("could not persist HPA decisions: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use coscale_core::resources::{parse_manifests, Resource};
+
+    fn apply(st: &mut State, yaml: &str) -> Vec<Persist> {
+        let mut out = Vec::new();
+        for r in parse_manifests("t.yaml", yaml).unwrap() {
+            out.extend(match r {
+                Resource::Model(m) => st.apply_model(m, 1).1,
+                Resource::Server(s) => st.apply_server(s, 1).1,
+                Resource::ServerConfig(c) => st.apply_config(c, 1).1,
+                Resource::Hpa(h) => st.apply_hpa(*h, 1).1,
+            });
+        }
+        out
+    }
+
+    const MODEL: &str = "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata: {name: irisa0}\nspec: {storageUri: /m, replicas: 1}\n";
+
+    fn hpa(kind: &str, name: &str) -> String {
+        format!(
+            "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: h, namespace: seldon-mesh}}\nspec:\n  scaleTargetRef: {{apiVersion: mlops.seldon.io/v1alpha1, kind: {kind}, name: {name}}}\n  maxReplicas: 3\n  metrics:\n  - type: Object\n    object:\n      metric: {{name: infer_rps}}\n      describedObject: {{apiVersion: mlops.seldon.io/v1alpha1, kind: Model, name: irisa0}}\n      target: {{type: AverageValue, averageValue: 3}}\n"
+        )
+    }
+
+    fn values(st: &State, v: Result<f64, String>) -> MetricValues {
+        st.hpa_requests()
+            .into_iter()
+            .map(|r| (r, v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_hpa_writes_the_model_replicas_like_a_manifest_edit_and_marks_its_target() {
+        let mut st = State::default();
+        apply(&mut st, MODEL);
+        let persisted = apply(&mut st, &hpa("Model", "irisa0"));
+        assert!(matches!(persisted.as_slice(), [Persist::PutHpa(_)]));
+        assert!(st.autoscale.hpa_targets.contains("Model/irisa0"));
+        let req = st.hpa_requests();
+        assert_eq!(req.len(), 1);
+        assert_eq!(req[0].described, Described::Model("irisa0".into()));
+        assert_eq!(req[0].namespace, "seldon-mesh");
+        // AverageValue 3, value 7.5 over status.replicas → ceil(7.5 / 3) = 3 replicas
+        let vals = values(&st, Ok(7.5));
+        let changes = st.hpa_apply(&vals, &HpaConfig::default(), 10, Timestamp::from_secs(10));
+        let rec = st.models.get("irisa0").unwrap();
+        assert_eq!(rec.model.scaling.replicas, 3);
+        assert_eq!(rec.autoscaled_replicas, None);
+        assert!(
+            matches!(changes.as_slice(), [Persist::PutModel(r)] if r.model.scaling.replicas == 3)
+        );
+        let status = st.hpa_status("h").unwrap();
+        assert_eq!(status.reference, "Model/irisa0");
+        assert!(
+            status.targets[0].ends_with("/3 (avg)"),
+            "{:?}",
+            status.targets
+        );
+        assert!(status.decisions[0].scaled);
+    }
+
+    #[test]
+    fn a_missing_target_or_metric_does_not_scale_and_says_why() {
+        let mut st = State::default();
+        apply(&mut st, &hpa("Server", "nowhere"));
+        let vals = values(&st, Ok(7.5));
+        assert!(st
+            .hpa_apply(&vals, &HpaConfig::default(), 10, Timestamp::from_secs(10))
+            .is_empty());
+        let status = st.hpa_status("h").unwrap();
+        assert_eq!(status.conditions[0].reason, "FailedGetScale");
+        assert!(status.warnings[0].contains("does not exist"));
+
+        let mut st = State::default();
+        apply(&mut st, MODEL);
+        apply(&mut st, &hpa("Model", "irisa0"));
+        let vals = values(&st, Err("no samples".into()));
+        assert!(st
+            .hpa_apply(&vals, &HpaConfig::default(), 10, Timestamp::from_secs(10))
+            .is_empty());
+        assert_eq!(st.models.get("irisa0").unwrap().model.scaling.replicas, 1);
+        let status = st.hpa_status("h").unwrap();
+        assert!(
+            status.decisions[0].metrics[0].contains("no samples"),
+            "{status:?}"
+        );
+    }
+
+    #[test]
+    fn deleting_an_hpa_hands_the_target_back_to_native_autoscaling() {
+        let mut st = State::default();
+        apply(&mut st, MODEL);
+        apply(&mut st, &hpa("Model", "irisa0"));
+        assert!(matches!(st.delete_hpa("h"), Some(Persist::DeleteHpa(n)) if n == "h"));
+        assert!(st.autoscale.hpa_targets.is_empty());
+        assert!(st.delete_hpa("h").is_none());
+    }
+
+    #[test]
+    fn builtin_values_come_from_the_pushed_stats() {
+        let mut st = State::default();
+        apply(&mut st, MODEL);
+        apply(&mut st, &hpa("Model", "irisa0"));
+        let server = ServerName::new("s");
+        for i in 0..=10u64 {
+            let stats = coscale_api::pb::agent::Stats {
+                unix_millis: i * 1000,
+                models: vec![coscale_api::pb::agent::ModelStats {
+                    model: Some(coscale_api::pb::agent::ModelRef {
+                        name: "irisa0".into(),
+                        version: 1,
+                    }),
+                    requests_total: i * 4,
+                    rest_requests_total: i * 4,
+                    ..Default::default()
+                }],
+            };
+            st.record_metrics(&server, ReplicaIndex(0), &stats);
+        }
+        let req = st.hpa_requests();
+        let v = st
+            .builtin_metric(&req[0], Duration::from_secs(10), 10_000)
+            .unwrap();
+        assert!((v - 4.0).abs() < 1e-9, "{v}");
+        let pod = MetricRequest {
+            described: Described::Pod("s-0".into()),
+            ..req[0].clone()
+        };
+        assert!(
+            (st.builtin_metric(&pod, Duration::from_secs(10), 10_000)
+                .unwrap()
+                - 4.0)
+                .abs()
+                < 1e-9
+        );
     }
 }
