@@ -48,6 +48,10 @@ pub struct SimConfig {
     pub chart_points: u32,
     /// μ per model (req/s a replica serves within the SLO), for time-to-scale.
     pub capacity: Vec<f64>,
+    /// Width of the windows of `rates`, seconds.
+    pub window_s: f64,
+    /// Per model, the trace's request rate in each window (the load to cover).
+    pub rates: Vec<Vec<f32>>,
 }
 
 /// One point of the time series charts.
@@ -80,8 +84,9 @@ pub struct Outcomes {
     pub samples: Vec<Sample>,
     /// Requests arriving in each second.
     pub arrivals_per_sec: Vec<u32>,
-    /// Σ ready replicas × μ at the end of each second.
-    pub capacity_per_sec: Vec<f64>,
+    /// Σ over models of the load (the model's rate in the current window) that its
+    /// ready replicas × μ do not cover, at the end of each second.
+    pub deficit_per_sec: Vec<f64>,
     /// Every change of a model's desired replicas: (time, model, new count).
     pub decisions: Vec<(Micros, u32, u32)>,
     /// Every change of a server's replica count: (time, server, new count).
@@ -292,7 +297,7 @@ impl<'a> Sim<'a> {
         let end = micros(self.cfg.duration_s);
         let ticks = end.div_ceil(SEC);
         self.out.arrivals_per_sec = vec![0; ticks as usize + 1];
-        self.out.capacity_per_sec = vec![0.0; ticks as usize + 1];
+        self.out.deficit_per_sec = vec![0.0; ticks as usize + 1];
         for (s, spec) in self.servers_spec.iter().enumerate() {
             for _ in 0..spec.initial_replicas {
                 self.servers[s].reps.push(SrvRep {
@@ -533,6 +538,7 @@ impl<'a> Sim<'a> {
             if rep.gen == gen && !rep.ready {
                 rep.ready = true;
                 self.placement_dirty = true;
+                self.server_dirty = true;
             }
         }
     }
@@ -622,9 +628,10 @@ impl<'a> Sim<'a> {
         if self.placement_dirty {
             self.place_models();
         }
-        // Capacity and samples.
-        let mut cap = 0.0;
+        // Uncovered load and samples.
+        let mut deficit = 0.0;
         let (mut placed, mut ready) = (0u32, 0u32);
+        let w = ((self.now.saturating_sub(1) as f64 / MICROS_PER_SEC) / self.cfg.window_s) as usize;
         for (m, mr) in self.models.iter().enumerate() {
             let r = mr
                 .reps
@@ -633,10 +640,17 @@ impl<'a> Sim<'a> {
                 .count() as u32;
             ready += r;
             placed += mr.reps.len() as u32;
-            cap += f64::from(r) * self.cfg.capacity.get(m).copied().unwrap_or(0.0);
+            let load = self
+                .cfg
+                .rates
+                .get(m)
+                .and_then(|v| v.get(w))
+                .map_or(0.0, |&x| f64::from(x));
+            let cap = f64::from(r) * self.cfg.capacity.get(m).copied().unwrap_or(0.0);
+            deficit += (load - cap).max(0.0);
         }
-        if let Some(c) = self.out.capacity_per_sec.get_mut(tick as usize) {
-            *c = cap;
+        if let Some(c) = self.out.deficit_per_sec.get_mut(tick as usize) {
+            *c = deficit;
         }
         if tick.is_multiple_of(self.sample_every) {
             let p99 = percentile_ms(&mut self.sample_lat, 0.99);
@@ -776,8 +790,6 @@ impl<'a> Sim<'a> {
                     }
                 }
                 ServerRule::Native => {
-                    self.refresh_demands();
-                    let view = self.server_view(s);
                     let mut used = BTreeSet::new();
                     for mr in &self.models {
                         for &r in &mr.reps {
@@ -787,13 +799,25 @@ impl<'a> Sim<'a> {
                             }
                         }
                     }
-                    let empty = self.servers[s]
+                    let empty: BTreeSet<ReplicaIndex> = self.servers[s]
                         .reps
                         .iter()
                         .enumerate()
                         .filter(|(o, rep)| rep.ready && !used.contains(&(*o as u32)))
                         .map(|(o, _)| ReplicaIndex(o as u32))
                         .collect();
+                    // Between changes, with no empty replica and no packing check due, the
+                    // planner's answer cannot change: skip the call.
+                    let now_ms = self.now / 1000;
+                    let pack_due = self.native_states[s]
+                        .last_pack_check_ms()
+                        .is_none_or(|t| now_ms.saturating_sub(t) >= self.native_cfg.pack_period_ms);
+                    if !self.server_dirty && !self.replica_removed && empty.is_empty() && !pack_due
+                    {
+                        continue;
+                    }
+                    self.refresh_demands();
+                    let view = self.server_view(s);
                     let input = ServerPlanInput {
                         server: &view,
                         current_replicas: cur,

@@ -65,8 +65,9 @@ pub struct PolicySummary {
     pub scale_actions: u64,
     /// Such changes that reverse the previous one's direction within 60 s.
     pub flaps: u64,
-    /// After the largest rise in load (10 s windows), seconds until ready capacity
-    /// (Σ ready replicas × μ) covers the new load; `null` if it never does.
+    /// After the largest rise in load (10 s windows), seconds until every model's ready
+    /// replicas × μ cover its load (its request rate in the oracle window); `null` if
+    /// that never happens.
     pub time_to_scale_s: Option<f64>,
 }
 
@@ -89,8 +90,8 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-/// The simulation settings a scenario implies.
-pub fn sim_config(s: &Scenario) -> SimConfig {
+/// The simulation settings a scenario implies (`plans` give the load per window).
+pub fn sim_config(s: &Scenario, plans: &[ModelPlan]) -> SimConfig {
     SimConfig {
         seed: s.seed,
         duration_s: s.duration_s,
@@ -103,6 +104,8 @@ pub fn sim_config(s: &Scenario) -> SimConfig {
             .iter()
             .map(|m| oracle::replica_capacity(m, s.slo_s))
             .collect(),
+        window_s: s.oracle_window_s,
+        rates: plans.iter().map(|p| p.rates.clone()).collect(),
     }
 }
 
@@ -133,8 +136,10 @@ pub fn build_policy(
     })
 }
 
-/// Time to scale after the largest rise in load (see [`PolicySummary::time_to_scale_s`]).
-pub fn time_to_scale(arrivals: &[u32], capacity: &[f64]) -> Option<f64> {
+/// Time to scale after the largest rise in load (see [`PolicySummary::time_to_scale_s`]):
+/// seconds from the start of the 10 s window with the largest rise in request rate
+/// until no model's load is left uncovered (`deficit` ≤ 0).
+pub fn time_to_scale(arrivals: &[u32], deficit: &[f64]) -> Option<f64> {
     const W: usize = 10;
     let rates: Vec<f64> = arrivals
         .chunks(W)
@@ -148,22 +153,19 @@ pub fn time_to_scale(arrivals: &[u32], capacity: &[f64]) -> Option<f64> {
             onset = Some(w);
         }
     }
-    let w = onset?;
-    let after = &rates[w..rates.len().min(w + 6)];
-    let load = after.iter().sum::<f64>() / after.len() as f64;
-    let start = w * W;
-    capacity
+    let start = onset? * W;
+    deficit
         .iter()
         .enumerate()
-        .skip(start)
-        .find(|(_, &c)| c >= load)
+        .skip(start.max(1))
+        .find(|(_, &d)| d <= 1e-9)
         .map(|(t, _)| (t - start) as f64)
 }
 
 /// Summarises one run.
 pub fn summarize(name: &str, mut o: Outcomes, lb_s: f64) -> (PolicySummary, Vec<Sample>) {
     let total = o.requests.max(1) as f64;
-    let tts = time_to_scale(&o.arrivals_per_sec, &o.capacity_per_sec);
+    let tts = time_to_scale(&o.arrivals_per_sec, &o.deficit_per_sec);
     let p50 = percentile_ms(&mut o.latencies_us, 0.50);
     let p99 = percentile_ms(&mut o.latencies_us, 0.99);
     let summary = PolicySummary {
@@ -213,7 +215,7 @@ pub fn run_named(s: &Scenario, trace: &Trace, name: &str) -> Result<Outcomes, Si
     let mut policy = build_policy(&spec.kind().map_err(err)?, s, &plans).map_err(err)?;
     Ok(run_one(
         s,
-        &sim_config(s),
+        &sim_config(s, &plans),
         trace,
         policy.as_mut(),
         &mut |_| {},
@@ -234,7 +236,7 @@ pub fn run_trace(
 ) -> Result<Run, SimError> {
     let plans = oracle::plan(&s.models, trace, s.slo_s, s.oracle_window_s, s.duration_s);
     let lb_s: f64 = plans.iter().map(|p| p.lb_s).sum();
-    let cfg = sim_config(s);
+    let cfg = sim_config(s, &plans);
     let mut policies = Vec::new();
     let mut series = Vec::new();
     for (i, spec) in s.policies.iter().enumerate() {
@@ -262,4 +264,30 @@ pub fn run_trace(
         },
         series,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_to_scale_runs_from_the_largest_rise_until_nothing_is_uncovered() {
+        let mut arrivals = vec![1u32; 20];
+        arrivals.extend(vec![5u32; 20]);
+        let mut deficit = vec![0.0; 40];
+        for d in deficit.iter_mut().take(25).skip(20) {
+            *d = 3.0;
+        }
+        assert_eq!(time_to_scale(&arrivals, &deficit), Some(5.0));
+        deficit[39] = 1.0;
+        for d in deficit.iter_mut().skip(20) {
+            *d = 1.0;
+        }
+        assert_eq!(time_to_scale(&arrivals, &deficit), None);
+        assert_eq!(
+            time_to_scale(&[3; 40], &[0.0; 40]),
+            None,
+            "no rise, no step"
+        );
+    }
 }

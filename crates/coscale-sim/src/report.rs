@@ -125,6 +125,38 @@ pub fn svg(series: &Series) -> String {
     out
 }
 
+/// The summary as a Markdown table (what `coscale sim` prints).
+pub fn markdown(s: &Summary) -> String {
+    let mut out = format!(
+        "Scenario `{}` (seed {}, {} requests, oracle LB_S {} model replica-s)\n\n\
+         | policy | SLO attainment | p50 ms | p99 ms | dropped | timed out | model rep·s | server rep·s | cost vs oracle | scale actions | flaps | time to scale s |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        s.scenario, s.seed, s.requests, s.oracle_lower_bound_replica_seconds
+    );
+    for p in &s.policies {
+        let tts = p
+            .time_to_scale_s
+            .map_or("—".to_string(), |t| format!("{t}"));
+        let _ = writeln!(
+            out,
+            "| {} | {:.4} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {} |",
+            p.name,
+            p.slo_attainment,
+            p.p50_ms,
+            p.p99_ms,
+            p.dropped,
+            p.timed_out,
+            p.model_replica_seconds,
+            p.server_replica_seconds,
+            p.cost_vs_oracle,
+            p.scale_actions,
+            p.flaps,
+            tts
+        );
+    }
+    out
+}
+
 /// The HTML report: the summary table, then every policy's chart side by side.
 pub fn html(run: &Run) -> String {
     let s = &run.summary;
@@ -199,4 +231,74 @@ pub fn write_all(run: &Run, dir: &Path) -> Result<(), ReportError> {
         )?;
     }
     write(&dir.join("report.html"), &html(run))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::PolicySummary;
+
+    fn run() -> Run {
+        let sample = |t: f64, load: f64| Sample {
+            t_s: t,
+            load_rps: load,
+            model_replicas: 2,
+            ready_model_replicas: 2,
+            server_replicas: 1,
+            p99_ms: 12.5,
+        };
+        Run {
+            summary: Summary {
+                scenario: "s<1>".into(),
+                seed: 3,
+                requests: 10,
+                oracle_lower_bound_replica_seconds: 4.0,
+                policies: vec![PolicySummary {
+                    name: "hpa/x".into(),
+                    slo_attainment: 0.5,
+                    p50_ms: 1.0,
+                    p99_ms: 2.0,
+                    dropped: 0,
+                    timed_out: 1,
+                    model_replica_seconds: 8.0,
+                    server_replica_seconds: 4.0,
+                    cost_vs_oracle: 2.0,
+                    scale_actions: 3,
+                    flaps: 1,
+                    time_to_scale_s: None,
+                }],
+            },
+            series: vec![Series {
+                policy: "hpa/x".into(),
+                samples: vec![sample(0.0, 0.0), sample(10.0, 5.0)],
+            }],
+        }
+    }
+
+    #[test]
+    fn charts_draw_one_line_per_panel_scaled_to_the_panel() {
+        let svg = svg(&run().series[0]);
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        // The load panel's line runs from (left, bottom) to (right, top).
+        assert!(svg.contains(r#"points="52.0,126.0 410.0,36.0""#), "{svg}");
+    }
+
+    #[test]
+    fn the_markdown_table_has_one_row_per_policy() {
+        let md = markdown(&run().summary);
+        assert!(
+            md.contains("| hpa/x | 0.5000 | 1.0 | 2.0 | 0 | 1 | 8 | 4 | 2.00 | 3 | 1 | — |\n"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_report_escapes_names_and_links_each_chart() {
+        let html = html(&run());
+        assert!(html.contains("<h1>Scenario s&lt;1&gt;</h1>"));
+        assert!(html.contains("<img src=\"hpa_x.svg\""));
+        assert!(html.contains("<td>hpa/x</td><td>0.5000</td>"));
+        assert!(html.contains("<td>—</td>"));
+    }
 }

@@ -610,3 +610,76 @@ impl Scenario {
         Ok(trace)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const BASE: &str = "name: t\nduration_s: 10\nslo_ms: 100\n\
+        models: [{name: m, service_ms: 10, slots: 1, memory: 1Gi, load_s: 1}]\n\
+        servers: [{name: s, memory: 2Gi, startup_s: 1, max_replicas: 2}]\n\
+        traffic: [{kind: poisson, rate: 5}]\npolicies: [static-1]\n";
+
+    fn err(text: &str) -> String {
+        parse(text, "t.yaml", Path::new("."))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_fill_seed_timeout_and_initial_replicas() {
+        let s = parse(BASE, "t.yaml", Path::new(".")).unwrap();
+        assert_eq!(s.seed, 1);
+        assert!((s.timeout_s - 1.0).abs() < 1e-12, "10 × the SLO");
+        assert_eq!(s.models[0].initial_replicas, 1);
+        assert!(!s.models[0].autoscaled);
+        assert_eq!(s.servers[0].initial_replicas, 1);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected_with_their_place() {
+        assert!(err(&BASE.replace("slo_ms", "slo_msec")).contains("unknown field `slo_msec`"));
+        assert_eq!(
+            err(&BASE.replace("slots: 1", "slots: 0")),
+            "scenario t.yaml: models[0].slots: must be ≥ 1"
+        );
+        assert!(err(&BASE.replace("static-1", "hpa-fast"))
+            .contains("policies[0]: unknown policy \"hpa-fast\""));
+        assert!(err(&BASE.replace(
+            "kind: poisson, rate: 5",
+            "kind: poisson, rate: 5, models: [x]"
+        ))
+        .contains("traffic[0].models: model \"x\" is not defined"));
+    }
+
+    #[test]
+    fn counted_models_expand_with_numbered_names_and_memory_in_range() {
+        let text = BASE.replace(
+            "{name: m, service_ms: 10, slots: 1, memory: 1Gi, load_s: 1}",
+            "{name: f, count: 3, service_ms: 10, slots: 1, memory_range: [1Mi, 2Mi], load_s: 1}",
+        );
+        let s = parse(&text, "t.yaml", Path::new(".")).unwrap();
+        let names: Vec<&str> = s.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, vec!["f-000", "f-001", "f-002"]);
+        assert!(s
+            .models
+            .iter()
+            .all(|m| (1 << 20..=2 << 20).contains(&m.memory_bytes)));
+    }
+
+    #[test]
+    fn every_benchmark_scenario_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let s = load(&path).unwrap();
+                assert!(!s.policies.is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "found {n} scenarios");
+    }
+}

@@ -81,6 +81,8 @@ pub struct ModelPlan {
     pub need: Vec<u32>,
     /// Levels kept (on or bridged) per window.
     pub keep: Vec<u32>,
+    /// The model's request rate per window (req/s).
+    pub rates: Vec<f32>,
     /// Σ r(w)·Δ replica-seconds.
     pub lb0: f64,
     /// The start-up-aware bound, replica-seconds.
@@ -123,6 +125,7 @@ pub fn plan_levels(need: &[u32], s: f64, dt: f64, initial: u32) -> ModelPlan {
     let lb0 = need.iter().map(|&r| f64::from(r) * dt).sum();
     ModelPlan {
         need: need.to_vec(),
+        rates: Vec::new(),
         keep,
         lb0,
         lb_s,
@@ -157,7 +160,9 @@ pub fn plan(
                 .iter()
                 .map(|&n| super::ceil_u32(f64::from(n) / dt / mu))
                 .collect();
-            plan_levels(&need, m.load_s, dt, m.initial_replicas)
+            let mut p = plan_levels(&need, m.load_s, dt, m.initial_replicas);
+            p.rates = c.iter().map(|&n| (f64::from(n) / dt) as f32).collect();
+            p
         })
         .collect()
 }
