@@ -184,3 +184,107 @@ async fn replica_counts_chosen_by_the_autoscalers_survive_a_control_plane_restar
     assert_eq!(m.desired_replicas, model_before);
     assert_eq!(s.desired_replicas, server_before);
 }
+
+/// Seldon's packing scenario (semantics §4): A and B end up on different server
+/// replicas because C filled them; once C is removed, A and B fit on one replica, so
+/// the Server packs B onto replica 0 and releases replica 1, without a failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_model_is_removed_the_server_packs_and_releases_a_replica() {
+    let up = Up::start(
+        "pack",
+        &[
+            "--server-scale-down-delay-seconds",
+            "1",
+            "--server-pack-period-seconds",
+            "2",
+        ],
+    )
+    .await;
+    let iris = examples().join("models/iris");
+    let model = |name: &str, mem: &str, replicas: u32| {
+        format!(
+            "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: {name}\nspec:\n  storageUri: file://{}\n  requirements: [onnx]\n  memory: {mem}\n  replicas: {replicas}\n",
+            iris.display()
+        )
+    };
+    // each replica holds 1 GiB (+10 % overcommit): C (700 Mi) with A (300 Mi) fills replica 0
+    let server = "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata:\n  name: pool\nspec:\n  serverConfig: builtin\n  replicas: 2\n  minReplicas: 1\n  maxReplicas: 2\n  podSpec:\n    containers:\n    - name: runtime\n      resources:\n        requests:\n          memory: 1Gi\n";
+    up.apply_text("s.yaml", server).await.unwrap();
+    wait_for("two server replicas", Duration::from_secs(60), || async {
+        up.server("pool").await.filter(|s| s.ready_replicas == 2)
+    })
+    .await;
+    // placed together, the largest model first: C on 0 and 1, A on 0, B on 1
+    let text = format!(
+        "{}---\n{}---\n{}",
+        model("c", "700Mi", 2),
+        model("a", "300Mi", 1),
+        model("b", "300Mi", 1)
+    );
+    up.apply_text("m.yaml", &text).await.unwrap();
+    for m in ["a", "b"] {
+        up.wait_available(m, 1).await;
+    }
+    up.wait_available("c", 2).await;
+    let where_is = |m: &str| {
+        let up = &up;
+        let m = m.to_owned();
+        async move {
+            up.model(&m)
+                .await
+                .map(|s| s.replicas.iter().map(|r| r.replica).collect::<Vec<u32>>())
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(where_is("a").await, vec![0]);
+    assert_eq!(where_is("b").await, vec![1]);
+
+    let mut clients = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    for m in ["a", "b"] {
+        let stop = stop.clone();
+        let mut client = V2Client::rest(&up.endpoints.router_http).await;
+        let req = iris_request();
+        let body = req.to_json();
+        clients.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut ok = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match client.infer(m, &req, &body).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (ok, errors)
+        }));
+    }
+    up.client.delete("models", "c").await.unwrap();
+    wait_for(
+        "server packed to 1 replica",
+        Duration::from_secs(90),
+        || async {
+            let s = up.server("pool").await?;
+            (s.desired_replicas == 1 && s.replicas.len() == 1 && s.ready_replicas == 1).then_some(s)
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let (ok, errors) = c.await.unwrap();
+        assert!(
+            errors.is_empty(),
+            "failed requests while packing: {errors:?}"
+        );
+        assert!(ok > 0);
+    }
+    assert_eq!(where_is("a").await, vec![0]);
+    assert_eq!(where_is("b").await, vec![0]);
+    let s = up.server("pool").await.unwrap();
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.reason == "ScaledDown" && e.message.contains("fit on 1 server replicas")),
+        "{:?}",
+        s.events
+    );
+}
