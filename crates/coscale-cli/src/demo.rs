@@ -170,6 +170,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         router_grpc_addr: any,
         agent_program: program,
         agent_args: vec!["agent".to_owned()],
+        orphan_grace: Duration::from_secs(30),
         reconcile_interval: Duration::from_millis(500),
         stats_interval: Duration::from_millis(500),
         hpa: Default::default(),

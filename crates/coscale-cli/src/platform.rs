@@ -27,6 +27,8 @@ pub struct PlatformOptions {
     /// The program that runs an agent (normally this binary) and its first arguments.
     pub agent_program: PathBuf,
     pub agent_args: Vec<String>,
+    /// Replicas exit when the control plane has been gone this long.
+    pub orphan_grace: Duration,
     pub reconcile_interval: Duration,
     pub stats_interval: Duration,
     pub autoscale: coscale_control::autoscaling::AutoscaleConfig,
@@ -160,6 +162,7 @@ impl Platform {
                 control_url: format!("http://{agent_addr}"),
                 token_file: opts.data_dir.join("token"),
                 log_dir: opts.data_dir.join("logs"),
+                orphan_grace: opts.orphan_grace,
             };
             let cp = control.clone();
             let rx = stopped.clone();

@@ -44,6 +44,9 @@ pub struct UpArgs {
     /// Seconds between periodic reconciles (retries of unplaced models) and autoscaling rounds.
     #[arg(long, env = "COSCALE_RECONCILE_SECONDS", default_value_t = 0.5)]
     pub reconcile_seconds: f64,
+    /// Seconds after which server replicas exit when this process is gone (crash).
+    #[arg(long, env = "COSCALE_ORPHAN_GRACE_SECONDS", default_value_t = 30)]
+    pub orphan_grace_seconds: u64,
     #[command(flatten)]
     pub autoscaling: AutoscalingArgs,
     #[command(flatten)]
@@ -138,6 +141,7 @@ impl UpArgs {
             router_grpc_addr: self.router_grpc_addr,
             agent_program: program,
             agent_args: vec!["agent".to_owned()],
+            orphan_grace: Duration::from_secs(self.orphan_grace_seconds),
             reconcile_interval: Duration::from_secs_f64(self.reconcile_seconds.max(0.05)),
             stats_interval: Duration::from_millis(500),
             autoscale: self.autoscaling.config()?,

@@ -372,3 +372,37 @@ async fn a_spec_change_makes_a_new_version_that_takes_over_then_the_old_one_unlo
     let err = rest.infer("m", &req, &body).await.unwrap_err();
     assert_eq!(err.kind(), "HTTP 404");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_exit_by_themselves_when_their_control_plane_crashes() {
+    let mut up = Up::start("orphans", &["--orphan-grace-seconds", "2"]).await;
+    up.apply_text("s.yaml", &server_yaml("pool", 2))
+        .await
+        .unwrap();
+    let server = wait_for("two replicas", Duration::from_secs(60), || async {
+        up.server("pool").await.filter(|s| s.ready_replicas == 2)
+    })
+    .await;
+    let pids: Vec<u32> = server.replicas.iter().filter_map(|r| r.pid).collect();
+    assert_eq!(pids.len(), 2);
+    // SIGKILL: no chance to stop its children
+    let mut child = up.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for(
+        "orphaned replicas exited",
+        Duration::from_secs(30),
+        || async {
+            pids.iter()
+                .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists() || is_zombie(*p))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+}

@@ -28,6 +28,8 @@ pub struct AgentCommand {
     pub token_file: PathBuf,
     /// Where replica logs go (`<server>-<ordinal>.log`).
     pub log_dir: PathBuf,
+    /// A replica exits when its control plane has been gone this long (no orphans).
+    pub orphan_grace: std::time::Duration,
 }
 
 /// Timings of the provisioner.
@@ -257,7 +259,7 @@ fn spawn(
         .arg("--overcommit-percent")
         .arg(launch.overcommit_percent.to_string())
         .arg("--exit-after-disconnect")
-        .arg("30")
+        .arg(cmd.orphan_grace.as_secs().max(1).to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
