@@ -69,7 +69,8 @@ fn mlserver_child(agent_pid: u32) -> Option<u32> {
             .parse()
             .ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        (ppid == agent_pid && String::from_utf8_lossy(&cmdline).contains("mlserver")).then_some(pid)
+        (ppid == agent_pid && String::from_utf8_lossy(&cmdline).contains("mlserver\0start\0"))
+            .then_some(pid)
     })
 }
 
@@ -211,6 +212,24 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
         "failed requests: {errors:?}"
     );
     assert_ne!(restarted, victim);
+
+    // Stopping the platform stops the MLServers too (the provisioner kills agents with
+    // SIGKILL; the agent's watchdog then stops its MLServer).
+    let mut up = up;
+    up.stop();
+    wait_for(
+        "MLServer stopped with its agent",
+        Duration::from_secs(30),
+        || async {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{restarted}/stat")).unwrap_or_default();
+            let gone = stat
+                .rsplit_once(')')
+                .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+            gone.then_some(())
+        },
+    )
+    .await;
     eprintln!(
         "{} requests, none failed; MLServer {victim} killed, {restarted} took over",
         ok.load(Ordering::Relaxed)

@@ -422,12 +422,14 @@ async fn supervise(shared: Arc<Shared>) {
     loop {
         match start_once(&shared).await {
             Ok((mut child, proc)) => {
+                let watchdog = spawn_watchdog(proc.pid);
                 info!(pid = proc.pid, http = %proc.http, label = %shared.settings.label, "MLServer is up");
                 let up_since = Instant::now();
                 restore(&shared, &proc).await;
                 let why = watch_process(&shared, &proc, &mut child).await;
                 let _ = child.start_kill();
                 let _ = child.wait().await;
+                drop(watchdog);
                 warn!(label = %shared.settings.label, "{why}; restarting MLServer");
                 lost(&shared, why);
                 if up_since.elapsed() > Duration::from_secs(30) {
@@ -442,6 +444,25 @@ async fn supervise(shared: Arc<Shared>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Kills MLServer (`$2`) when the agent (`$1`) is gone, even if the agent was killed
+/// with SIGKILL and could not stop its child itself.
+const WATCHDOG: &str = r#"while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -TERM "$2" 2>/dev/null; sleep 5; kill -0 "$2" 2>/dev/null && kill -KILL "$2" 2>/dev/null; exit 0"#;
+
+fn spawn_watchdog(mlserver_pid: u32) -> Option<Child> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(WATCHDOG)
+        .arg("coscale-agent-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(mlserver_pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()
 }
 
 /// A free loopback port (bound, read, released).
