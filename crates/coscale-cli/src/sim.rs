@@ -95,33 +95,6 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         simulated / secs.max(1e-9) / 1e6,
         a.out.join("report.html").display()
     );
-    println!(
-        "{:<22} {:>8} {:>9} {:>9} {:>8} {:>9} {:>11} {:>7} {:>6} {:>6}",
-        "policy",
-        "SLO",
-        "p50 ms",
-        "p99 ms",
-        "dropped",
-        "timeout",
-        "model rep·s",
-        "cost×",
-        "acts",
-        "flaps"
-    );
-    for p in &run.summary.policies {
-        println!(
-            "{:<22} {:>8.4} {:>9.1} {:>9.1} {:>8} {:>9} {:>11.0} {:>7.2} {:>6} {:>6}",
-            p.name,
-            p.slo_attainment,
-            p.p50_ms,
-            p.p99_ms,
-            p.dropped,
-            p.timed_out,
-            p.model_replica_seconds,
-            p.cost_vs_oracle,
-            p.scale_actions,
-            p.flaps
-        );
-    }
+    print!("{}", coscale_sim::report::markdown(&run.summary));
     Ok(ExitCode::SUCCESS)
 }

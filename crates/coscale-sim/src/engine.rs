@@ -168,6 +168,10 @@ pub struct Sim<'a> {
     ring_filled: usize,
     demands: Vec<ModelDemand>,
     demands_stale: bool,
+    dirty_models: Vec<u32>,
+    is_dirty: Vec<bool>,
+    native_pos: Vec<Vec<Option<usize>>>,
+    native_built: bool,
     native_cfg: ServerPlanConfig,
     native_states: Vec<ServerPlanState>,
     native_demands: Vec<Vec<ModelDemand>>,
@@ -252,6 +256,10 @@ impl<'a> Sim<'a> {
             ring_filled: 0,
             demands,
             demands_stale: true,
+            dirty_models: (0..specs.len() as u32).collect(),
+            is_dirty: vec![true; specs.len()],
+            native_pos: vec![vec![None; specs.len()]; servers_spec.len()],
+            native_built: false,
             native_cfg: ServerPlanConfig::default(),
             native_states: vec![ServerPlanState::default(); servers_spec.len()],
             native_demands: vec![Vec::new(); servers_spec.len()],
@@ -597,7 +605,7 @@ impl<'a> Sim<'a> {
         mr.state_changed = self.now;
         self.placement_dirty = true;
         self.server_dirty = true;
-        self.demands_stale = true;
+        self.mark(m);
     }
 
     fn tick(&mut self) {
@@ -758,7 +766,7 @@ impl<'a> Sim<'a> {
         self.models[m].state_changed = self.now;
         self.placed_total -= 1;
         self.replica_removed = true;
-        self.demands_stale = true;
+        self.mark(m);
         let queued = std::mem::take(&mut self.reps[r].queue);
         for (arrival, service) in queued {
             self.route(m, arrival, service, false);
@@ -932,8 +940,12 @@ impl<'a> Sim<'a> {
             return;
         }
         self.demands_stale = false;
-        for (m, d) in self.demands.iter_mut().enumerate() {
+        let dirty = std::mem::take(&mut self.dirty_models);
+        for &m in &dirty {
+            let m = m as usize;
+            self.is_dirty[m] = false;
             let mr = &self.models[m];
+            let d = &mut self.demands[m];
             d.replicas = mr.desired;
             d.current = mr.server.map(|s| CurrentPlacement {
                 server: self.server_names[s as usize].clone(),
@@ -944,21 +956,48 @@ impl<'a> Sim<'a> {
                     .collect(),
             });
         }
-        if self.rule == ServerRule::Native {
-            let single = self.servers.len() == 1;
-            for (s, list) in self.native_demands.iter_mut().enumerate() {
-                list.clear();
-                list.extend(
-                    self.demands
-                        .iter()
-                        .zip(&self.models)
-                        .filter(|(d, mr)| {
-                            d.replicas > 0 && (single || mr.server.is_none_or(|x| x as usize == s))
-                        })
-                        .map(|(d, _)| d.clone()),
-                );
-            }
+        if self.rule != ServerRule::Native {
+            return;
         }
+        let single = self.servers.len() == 1;
+        for s in 0..self.servers.len() {
+            let wants = |m: usize| {
+                self.demands[m].replicas > 0
+                    && (single || self.models[m].server.is_none_or(|x| x as usize == s))
+            };
+            let same_members = self.native_built
+                && dirty
+                    .iter()
+                    .all(|&m| wants(m as usize) == self.native_pos[s][m as usize].is_some());
+            if same_members {
+                for &m in &dirty {
+                    if let Some(i) = self.native_pos[s][m as usize] {
+                        self.native_demands[s][i] = self.demands[m as usize].clone();
+                    }
+                }
+                continue;
+            }
+            let mut list = Vec::new();
+            let mut pos = vec![None; self.models.len()];
+            for m in 0..self.models.len() {
+                if wants(m) {
+                    pos[m] = Some(list.len());
+                    list.push(self.demands[m].clone());
+                }
+            }
+            self.native_demands[s] = list;
+            self.native_pos[s] = pos;
+        }
+        self.native_built = true;
+    }
+
+    /// Records that model `m`'s demand (desired count or placement) changed.
+    fn mark(&mut self, m: usize) {
+        if !self.is_dirty[m] {
+            self.is_dirty[m] = true;
+            self.dirty_models.push(m as u32);
+        }
+        self.demands_stale = true;
     }
 
     fn place_models(&mut self) {
@@ -966,7 +1005,6 @@ impl<'a> Sim<'a> {
         let views: Vec<ServerView> = (0..self.servers.len())
             .map(|s| self.server_view(s))
             .collect();
-        self.demands_stale = true;
         self.refresh_demands();
         let decisions = place(&views, &self.demands);
         for (m, dec) in decisions.into_iter().enumerate() {
@@ -999,7 +1037,10 @@ impl<'a> Sim<'a> {
                 self.remove_rep(r as usize);
             }
             if let Some(s) = server {
-                self.models[m].server = Some(s as u32);
+                if self.models[m].server != Some(s as u32) {
+                    self.models[m].server = Some(s as u32);
+                    self.mark(m);
+                }
                 let have: BTreeSet<u32> = keep
                     .iter()
                     .map(|&r| self.reps[r as usize].ordinal)
@@ -1021,7 +1062,7 @@ impl<'a> Sim<'a> {
                     });
                     self.models[m].reps.push(r as u32);
                     self.placed_total += 1;
-                    self.demands_stale = true;
+                    self.mark(m);
                     let load = micros(self.specs[m].load_s);
                     self.push(self.now + load, Ev::RepReady { rep: r as u32 });
                 }

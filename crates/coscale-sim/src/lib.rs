@@ -157,7 +157,8 @@ pub fn time_to_scale(arrivals: &[u32], deficit: &[f64]) -> Option<f64> {
     deficit
         .iter()
         .enumerate()
-        .skip(start.max(1))
+        // The tick at `start` still measures the window before the rise.
+        .skip(start + 1)
         .find(|(_, &d)| d <= 1e-9)
         .map(|(t, _)| (t - start) as f64)
 }
@@ -279,6 +280,8 @@ mod tests {
             *d = 3.0;
         }
         assert_eq!(time_to_scale(&arrivals, &deficit), Some(5.0));
+        // Covered already at the first tick of the new window: 1 s.
+        assert_eq!(time_to_scale(&arrivals, &[0.0; 40]), Some(1.0));
         deficit[39] = 1.0;
         for d in deficit.iter_mut().skip(20) {
             *d = 1.0;
