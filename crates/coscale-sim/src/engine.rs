@@ -978,13 +978,14 @@ impl<'a> Sim<'a> {
                 continue;
             }
             let mut list = Vec::new();
-            let mut pos = vec![None; self.models.len()];
-            for m in 0..self.models.len() {
-                if wants(m) {
-                    pos[m] = Some(list.len());
-                    list.push(self.demands[m].clone());
-                }
-            }
+            let pos: Vec<Option<usize>> = (0..self.models.len())
+                .map(|m| {
+                    wants(m).then(|| {
+                        list.push(self.demands[m].clone());
+                        list.len() - 1
+                    })
+                })
+                .collect();
             self.native_demands[s] = list;
             self.native_pos[s] = pos;
         }
