@@ -80,6 +80,17 @@ fn now_millis() -> u64 {
     coscale_control::service::now_millis()
 }
 
+/// The columns of `kubectl get hpa`.
+pub const HPA_COLUMNS: [&str; 7] = [
+    "NAME",
+    "REFERENCE",
+    "TARGETS",
+    "MINPODS",
+    "MAXPODS",
+    "REPLICAS",
+    "AGE",
+];
+
 /// The `kubectl get hpa` table.
 pub fn hpas_table(hpas: &[HpaStatus]) -> String {
     let now = now_millis();
@@ -97,18 +108,7 @@ pub fn hpas_table(hpas: &[HpaStatus]) -> String {
             ]
         })
         .collect();
-    output::table(
-        &[
-            "NAME",
-            "REFERENCE",
-            "TARGETS",
-            "MINPODS",
-            "MAXPODS",
-            "REPLICAS",
-            "AGE",
-        ],
-        &rows,
-    )
+    output::table(&HPA_COLUMNS, &rows)
 }
 
 /// kubectl shows the first two metrics and `+ N more...`.

@@ -24,6 +24,16 @@ fn fixtures() -> PathBuf {
     repo().join("../shared/fixtures/hpa")
 }
 
+/// HPA settings for tests: 1 s sync, 5 s rate window, 3 s downscale stabilization.
+const FAST: &[&str] = &[
+    "--hpa-sync-period-seconds",
+    "1",
+    "--metrics-window-seconds",
+    "5",
+    "--hpa-downscale-stabilization-seconds",
+    "3",
+];
+
 /// Seconds to wait for HPA-driven changes.
 const HPA_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -37,6 +47,15 @@ fn irisa0(server: Option<&str>) -> String {
         "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: irisa0\n  namespace: seldon-mesh\nspec:\n  storageUri: file://{}\n  requirements: [onnx]\n  memory: 1Mi\n  replicas: 1\n{pin}",
         uri.display()
     )
+}
+
+/// A builtin Server `server` with `replicas` replicas and `irisa0` available on it.
+async fn serve_irisa0(up: &Up, server: &str, replicas: u32, pin: Option<&str>) {
+    up.apply_text("s.yaml", &server_yaml(server, replicas))
+        .await
+        .unwrap();
+    up.apply_text("m.yaml", &irisa0(pin)).await.unwrap();
+    up.wait_available("irisa0", 1).await;
 }
 
 /// Open-loop traffic at a settable rate (requests per second) through the router.
@@ -163,23 +182,8 @@ async fn scales_up_under_load_and_down_after(up: &Up, rps: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fixture_model_hpa_scales_up_under_load_and_down_after_with_builtin_metrics() {
-    let up = Up::start(
-        "hpa-builtin",
-        &[
-            "--hpa-sync-period-seconds",
-            "1",
-            "--metrics-window-seconds",
-            "5",
-            "--hpa-downscale-stabilization-seconds",
-            "3",
-        ],
-    )
-    .await;
-    up.apply_text("s.yaml", &server_yaml("pool", 3))
-        .await
-        .unwrap();
-    up.apply_text("m.yaml", &irisa0(None)).await.unwrap();
-    up.wait_available("irisa0", 1).await;
+    let up = Up::start("hpa-builtin", FAST).await;
+    serve_irisa0(&up, "pool", 3, None).await;
     let applied = up
         .apply_file(&fixtures().join("irisa0-model-hpa.yaml"))
         .await
@@ -192,15 +196,7 @@ async fn the_fixture_model_hpa_scales_up_under_load_and_down_after_with_builtin_
     let (ok, out, err) = up.cli(&["get", "hpa"]);
     assert!(ok, "{err}");
     let header = out.lines().next().unwrap();
-    for col in [
-        "NAME",
-        "REFERENCE",
-        "TARGETS",
-        "MINPODS",
-        "MAXPODS",
-        "REPLICAS",
-        "AGE",
-    ] {
+    for col in coscale_cli::hpa::HPA_COLUMNS {
         assert!(header.contains(col), "{out}");
     }
     assert!(
@@ -250,25 +246,8 @@ async fn an_hpa_on_a_model_with_min_and_max_replicas_is_applied_with_a_warning()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_hpa_and_a_server_hpa_on_the_same_metric_converge_one_to_one() {
-    let up = Up::start(
-        "hpa-1to1",
-        &[
-            "--hpa-sync-period-seconds",
-            "1",
-            "--metrics-window-seconds",
-            "5",
-            "--hpa-downscale-stabilization-seconds",
-            "3",
-        ],
-    )
-    .await;
-    up.apply_text("s.yaml", &server_yaml("mlserver", 1))
-        .await
-        .unwrap();
-    up.apply_text("m.yaml", &irisa0(Some("mlserver")))
-        .await
-        .unwrap();
-    up.wait_available("irisa0", 1).await;
+    let up = Up::start("hpa-1to1", FAST).await;
+    serve_irisa0(&up, "mlserver", 1, Some("mlserver")).await;
     up.apply_file(&fixtures().join("single-model-serving-hpa.yaml"))
         .await
         .unwrap();
@@ -318,11 +297,7 @@ async fn reaction_seconds(sync_seconds: &str) -> f64 {
         ],
     )
     .await;
-    up.apply_text("s.yaml", &server_yaml("pool", 3))
-        .await
-        .unwrap();
-    up.apply_text("m.yaml", &irisa0(None)).await.unwrap();
-    up.wait_available("irisa0", 1).await;
+    serve_irisa0(&up, "pool", 3, None).await;
     up.apply_file(&fixtures().join("irisa0-model-hpa.yaml"))
         .await
         .unwrap();
@@ -495,11 +470,7 @@ async fn builtin_and_prometheus_infer_rps_agree_and_the_model_hpa_scales_from_pr
         ],
     )
     .await;
-    up.apply_text("s.yaml", &server_yaml("mlserver", 3))
-        .await
-        .unwrap();
-    up.apply_text("m.yaml", &irisa0(None)).await.unwrap();
-    up.wait_available("irisa0", 1).await;
+    serve_irisa0(&up, "mlserver", 3, None).await;
     wait_for(
         "3 ready server replicas",
         Duration::from_secs(60),

@@ -231,9 +231,7 @@ async fn apply(
             let kind = r.kind().to_owned();
             let name = r.name().to_owned();
             let mut warnings = warnings_for(&r);
-            if let Resource::Hpa(h) = &r {
-                warnings.extend(st.hpa_warnings(h));
-            }
+            warnings.extend(st.hpa_warnings(&r));
             let action = if req.dry_run {
                 preview(&st, &r)
             } else {

@@ -23,7 +23,7 @@ use coscale_core::hpa::{
 };
 use coscale_core::ids::{ModelName, ReplicaIndex, ServerName};
 use coscale_core::quantity::Quantity;
-use coscale_core::resources::Hpa;
+use coscale_core::resources::{Hpa, Resource};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics_store::{MetricsStore, Scope};
@@ -184,8 +184,28 @@ impl State {
         self.autoscale.hpa_targets = self.hpa.records.values().map(|r| r.target_key()).collect();
     }
 
-    /// Warnings for an HPA about to be applied (the target is read from the state).
-    pub fn hpa_warnings(&self, hpa: &Hpa) -> Vec<String> {
+    /// Warnings about HPAs for an object about to be applied: an HPA whose target does
+    /// not exist or also autoscales natively, a Model with min/max that an HPA targets.
+    pub fn hpa_warnings(&self, resource: &Resource) -> Vec<String> {
+        match resource {
+            Resource::Hpa(h) => self.hpa_target_warnings(h),
+            Resource::Model(m)
+                if (m.scaling.min_replicas > 0 || m.scaling.max_replicas.is_some())
+                    && self
+                        .autoscale
+                        .hpa_targets
+                        .contains(&format!("Model/{}", m.name)) =>
+            {
+                vec![format!(
+                    "an HorizontalPodAutoscaler scales Model {:?}: its minReplicas/maxReplicas are ignored (native autoscaling is off while the HPA exists)",
+                    m.name.as_str()
+                )]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn hpa_target_warnings(&self, hpa: &Hpa) -> Vec<String> {
         let t = &hpa.hpa.spec.scale_target_ref;
         let mut out = Vec::new();
         let exists = match t.kind.as_str() {
@@ -595,7 +615,7 @@ impl State {
             decisions: rt
                 .map(|r| r.decisions.iter().cloned().collect())
                 .unwrap_or_default(),
-            warnings: self.hpa_warnings(&rec.hpa),
+            warnings: self.hpa_target_warnings(&rec.hpa),
             spec: serde_json::to_value(spec).unwrap_or_default(),
         })
     }
@@ -739,7 +759,7 @@ impl crate::service::ControlPlane {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use coscale_core::resources::{parse_manifests, Resource};
+    use coscale_core::resources::parse_manifests;
 
     fn apply(st: &mut State, yaml: &str) -> Vec<Persist> {
         let mut out = Vec::new();
@@ -824,6 +844,25 @@ mod tests {
             status.decisions[0].metrics[0].contains("no samples"),
             "{status:?}"
         );
+    }
+
+    #[test]
+    fn a_model_with_min_and_max_that_an_hpa_targets_is_applied_with_a_warning() {
+        let mut st = State::default();
+        apply(&mut st, MODEL);
+        apply(&mut st, &hpa("Model", "irisa0"));
+        let model = MODEL.replace(
+            "replicas: 1}",
+            "replicas: 1, minReplicas: 1, maxReplicas: 4}",
+        );
+        let parsed = parse_manifests("m.yaml", &model).unwrap();
+        let warnings = st.hpa_warnings(&parsed[0]);
+        assert!(
+            warnings[0].contains("minReplicas/maxReplicas are ignored"),
+            "{warnings:?}"
+        );
+        let plain = parse_manifests("m.yaml", MODEL).unwrap();
+        assert!(st.hpa_warnings(&plain[0]).is_empty());
     }
 
     #[test]
