@@ -234,7 +234,7 @@ fn hpa_fixture_model_and_server_manifests_are_accepted() {
 }
 
 #[test]
-fn hpa_fixture_autoscalers_are_rejected_as_not_supported_yet_one_error_per_document() {
+fn hpa_fixture_autoscalers_are_read_one_resource_per_document() {
     let mut autoscaler_files = 0;
     for (name, text) in fixture_files("hpa") {
         let hpa_documents = text.matches("kind: HorizontalPodAutoscaler").count();
@@ -242,17 +242,21 @@ fn hpa_fixture_autoscalers_are_rejected_as_not_supported_yet_one_error_per_docum
             continue;
         }
         autoscaler_files += 1;
-        let errors = parse_manifests(&name, &text).expect_err(&name);
-        assert_eq!(errors.0.len(), hpa_documents, "{name}: {errors}");
-        for (i, e) in errors.0.iter().enumerate() {
-            assert_eq!(e.document, i + 1, "{e}");
-            assert_eq!(e.path, "kind");
-            assert_eq!(e.message, "HorizontalPodAutoscaler is not supported yet");
-            assert!(e
-                .object
-                .as_deref()
-                .unwrap()
-                .starts_with("HorizontalPodAutoscaler \""));
+        let resources = parse_manifests(&name, &text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(resources.len(), hpa_documents, "{name}");
+        for r in &resources {
+            let Resource::Hpa(h) = r else {
+                panic!("{name}: {r:?}")
+            };
+            assert_eq!(h.meta.namespace.as_deref(), Some("seldon-mesh"), "{name}");
+            assert!(
+                matches!(
+                    h.hpa.spec.scale_target_ref.kind.as_str(),
+                    "Model" | "Server"
+                ),
+                "{name}"
+            );
+            assert_eq!(h.hpa.spec.max_replicas, 3, "{name}");
         }
     }
     assert_eq!(autoscaler_files, 4);
