@@ -137,7 +137,7 @@ fn seldon_mode_scales_up_while_loading_only_if_lag_exceeds_the_desired_replicas(
 
 #[test]
 fn proportional_mode_counts_loading_replicas_as_coming() {
-    let cfg = ModelPolicyConfig::proportional();
+    let cfg = proportional30();
     let mut state = ModelPolicyState::default();
     // 4 desired, 1 available: 110 in flight needs ceil(110 / 30) = 4, already on the way.
     let mut o = obs(1_000, 110, 4);
@@ -198,10 +198,7 @@ fn never_used_model_counts_inactivity_from_its_last_state_change() {
 
 #[test]
 fn no_scale_down_within_the_stability_window_after_a_change() {
-    for cfg in [
-        ModelPolicyConfig::seldon(),
-        ModelPolicyConfig::proportional(),
-    ] {
+    for cfg in [ModelPolicyConfig::seldon(), proportional30()] {
         let mut state = ModelPolicyState::default();
         let mut o = obs(1_000_000, 0, 4);
         o.last_used_ms = Some(0);
@@ -215,7 +212,7 @@ fn no_scale_down_within_the_stability_window_after_a_change() {
 
 #[test]
 fn proportional_inactive_model_goes_to_the_floor_in_one_decision() {
-    let mut m = Model::new(ModelPolicyConfig::proportional(), 7, 2, UNSET);
+    let mut m = Model::new(proportional30(), 7, 2, UNSET);
     m.last_used_ms = Some(0);
     m.run(0, 700_000, 0);
     assert_eq!(m.decisions.len(), 1);
@@ -224,7 +221,7 @@ fn proportional_inactive_model_goes_to_the_floor_in_one_decision() {
 
 #[test]
 fn proportional_reaches_ceil_of_lag_over_threshold_in_one_decision() {
-    let cfg = ModelPolicyConfig::proportional();
+    let cfg = proportional30();
     let mut state = ModelPolicyState::default();
     let d = decide_model(&cfg, &mut state, &obs(5_000, 95, 1)).unwrap();
     assert_eq!(
@@ -239,7 +236,7 @@ fn proportional_reaches_ceil_of_lag_over_threshold_in_one_decision() {
 
 #[test]
 fn proportional_scale_up_is_capped_at_max_and_says_so() {
-    let cfg = ModelPolicyConfig::proportional();
+    let cfg = proportional30();
     let mut state = ModelPolicyState::default();
     let mut o = obs(5_000, 300, 1);
     o.max_replicas = 3;
@@ -250,7 +247,7 @@ fn proportional_scale_up_is_capped_at_max_and_says_so() {
 
 #[test]
 fn proportional_averages_lag_over_the_sliding_window() {
-    let cfg = ModelPolicyConfig::proportional();
+    let cfg = proportional30();
     let mut state = ModelPolicyState::default();
     // Five idle seconds, then one spike of 90: the 6 s mean is 15, one replica suffices.
     for t in 0..5 {
@@ -268,7 +265,7 @@ fn proportional_averages_lag_over_the_sliding_window() {
 
 #[test]
 fn proportional_scale_down_waits_for_a_whole_stability_window_of_evidence() {
-    let cfg = ModelPolicyConfig::proportional();
+    let cfg = proportional30();
     let mut m = Model::new(cfg, 6, 0, UNSET);
     // 30 in flight fits ceil(30 / 21) = 2 replicas at 70 % of 30.
     m.run(0, 60_000, 30);
@@ -285,7 +282,7 @@ fn proportional_scale_down_waits_for_a_whole_stability_window_of_evidence() {
 
 #[test]
 fn proportional_keeps_replicas_while_a_recent_peak_is_in_the_stability_window() {
-    let mut m = Model::new(ModelPolicyConfig::proportional(), 4, 0, UNSET);
+    let mut m = Model::new(proportional30(), 4, 0, UNSET);
     m.run(0, 30_000, 10);
     m.run(30_000, 10_000, 84); // peak: 84 needs 4 replicas at 21 each
     m.run(40_000, 60_000, 10);
@@ -300,7 +297,7 @@ fn proportional_keeps_replicas_while_a_recent_peak_is_in_the_stability_window() 
 
 #[test]
 fn proportional_does_not_scale_down_on_the_first_second_of_a_burst() {
-    let mut m = Model::new(ModelPolicyConfig::proportional(), 4, 0, UNSET);
+    let mut m = Model::new(proportional30(), 4, 0, UNSET);
     m.run(0, 60_000, 10);
     m.run(60_000, 60_000, 84);
     assert!(m.decisions.is_empty(), "{:?}", m.decisions);
@@ -308,10 +305,7 @@ fn proportional_does_not_scale_down_on_the_first_second_of_a_burst() {
 
 #[test]
 fn a_model_at_zero_replicas_is_left_alone() {
-    for cfg in [
-        ModelPolicyConfig::seldon(),
-        ModelPolicyConfig::proportional(),
-    ] {
+    for cfg in [ModelPolicyConfig::seldon(), proportional30()] {
         let mut state = ModelPolicyState::default();
         let mut o = obs(1_000, 500, 0);
         o.min_replicas = 2;
@@ -347,9 +341,7 @@ fn annotations_override_each_setting() {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let c = ModelPolicyConfig::proportional()
-        .with_overrides(&a)
-        .unwrap();
+    let c = proportional30().with_overrides(&a).unwrap();
     assert_eq!(c.mode, StepMode::Seldon);
     assert_eq!(c.lag_threshold, 12.5);
     assert_eq!(c.inactive_seconds, 120);
@@ -358,7 +350,7 @@ fn annotations_override_each_setting() {
     assert_eq!(c.window_ms, 10_000);
     assert_eq!(
         c.scale_down_utilisation,
-        ModelPolicyConfig::proportional().scale_down_utilisation
+        proportional30().scale_down_utilisation
     );
 }
 
@@ -433,7 +425,7 @@ fn environment_variables_pick_the_mode_defaults_then_override_them() {
 
 #[test]
 fn validate_rejects_a_utilisation_outside_zero_to_one() {
-    let mut c = ModelPolicyConfig::proportional();
+    let mut c = proportional30();
     c.scale_down_utilisation = 1.5;
     assert!(matches!(
         c.validate(),
@@ -445,10 +437,7 @@ fn validate_rejects_a_utilisation_outside_zero_to_one() {
 }
 
 fn mode_strategy() -> impl Strategy<Value = ModelPolicyConfig> {
-    prop_oneof![
-        Just(ModelPolicyConfig::seldon()),
-        Just(ModelPolicyConfig::proportional())
-    ]
+    prop_oneof![Just(ModelPolicyConfig::seldon()), Just(proportional30())]
 }
 
 proptest! {
@@ -532,11 +521,20 @@ proptest! {
         in_flight in 1u32..2_000,
         threshold in 1u32..100,
     ) {
-        let mut cfg = ModelPolicyConfig::proportional();
+        let mut cfg = proportional30();
         cfg.lag_threshold = f64::from(threshold);
         let mut state = ModelPolicyState::default();
         let d = decide_model(&cfg, &mut state, &obs(0, in_flight, 1));
         let want = in_flight.div_ceil(threshold);
         prop_assert_eq!(d.map_or(1, |d| d.replicas), want.max(1));
+    }
+}
+
+/// The proportional defaults with Seldon's lag threshold of 30: the numbers in these
+/// scenarios were written for it (the default threshold is 4).
+fn proportional30() -> ModelPolicyConfig {
+    ModelPolicyConfig {
+        lag_threshold: 30.0,
+        ..ModelPolicyConfig::proportional()
     }
 }
