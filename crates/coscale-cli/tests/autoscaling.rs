@@ -5,12 +5,8 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use coscale_cli::infer::V2Client;
-use coscale_cli::load::iris_request;
 use support::*;
 
 /// Short thresholds so a test sees both directions in seconds.
@@ -39,54 +35,6 @@ fn manifests() -> String {
     )
 }
 
-/// Closed-loop clients hammering `mlp` until stopped; returns the failures seen.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Traffic {
-    async fn start(up: &Up, clients: usize) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for i in 0..clients {
-            let stop = stop.clone();
-            let ok = ok.clone();
-            let req = iris_request();
-            let body = req.to_json();
-            let mut client = if i % 2 == 0 {
-                V2Client::rest(&up.endpoints.router_http).await
-            } else {
-                V2Client::grpc(&up.endpoints.router_grpc).await.unwrap()
-            };
-            tasks.push(tokio::spawn(async move {
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match client.infer("mlp", &req, &body).await {
-                        Ok(_) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => errors.push(e.to_string()),
-                    }
-                }
-                errors
-            }));
-        }
-        Traffic { stop, ok, tasks }
-    }
-
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut errors = Vec::new();
-        for t in self.tasks {
-            errors.extend(t.await.unwrap());
-        }
-        (self.ok.load(Ordering::Relaxed), errors)
-    }
-}
-
 async fn wait_scaled(up: &Up, model: u32, server: u32, what: &str) {
     wait_for(what, Duration::from_secs(90), || async {
         let m = up.model("mlp").await?;
@@ -107,7 +55,7 @@ async fn load_grows_the_model_and_its_server_then_both_shrink_with_no_failed_req
     up.apply_text("m.yaml", &manifests()).await.unwrap();
     up.wait_available("mlp", 1).await;
 
-    let heavy = Traffic::start(&up, 16).await;
+    let heavy = Traffic::start(&up, "mlp", 16).await;
     wait_scaled(&up, 3, 3, "model and server at 3 replicas under load").await;
     let server = up.server("pool").await.unwrap();
     let pids: Vec<u32> = server.replicas.iter().filter_map(|r| r.pid).collect();
@@ -122,7 +70,7 @@ async fn load_grows_the_model_and_its_server_then_both_shrink_with_no_failed_req
     assert!(ok_heavy > 100);
 
     // a trickle keeps flowing while both scale down
-    let light = Traffic::start(&up, 1).await;
+    let light = Traffic::start(&up, "mlp", 1).await;
     wait_scaled(&up, 1, 1, "model and server back to 1 replica").await;
     let (ok_light, errors) = light.stop().await;
     assert!(
@@ -169,7 +117,7 @@ async fn replica_counts_chosen_by_the_autoscalers_survive_a_control_plane_restar
     let mut up = Up::start("autorestart", FAST).await;
     up.apply_text("m.yaml", &manifests()).await.unwrap();
     up.wait_available("mlp", 1).await;
-    let heavy = Traffic::start(&up, 16).await;
+    let heavy = Traffic::start(&up, "mlp", 16).await;
     wait_for("model scaled up", Duration::from_secs(60), || async {
         up.model("mlp").await.filter(|m| m.desired_replicas >= 2)
     })
@@ -239,25 +187,8 @@ async fn after_a_model_is_removed_the_server_packs_and_releases_a_replica() {
     assert_eq!(where_is("a").await, vec![0]);
     assert_eq!(where_is("b").await, vec![1]);
 
-    let mut clients = Vec::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    for m in ["a", "b"] {
-        let stop = stop.clone();
-        let mut client = V2Client::rest(&up.endpoints.router_http).await;
-        let req = iris_request();
-        let body = req.to_json();
-        clients.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            let mut ok = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                match client.infer(m, &req, &body).await {
-                    Ok(_) => ok += 1,
-                    Err(e) => errors.push(e.to_string()),
-                }
-            }
-            (ok, errors)
-        }));
-    }
+    let a_traffic = Traffic::start_with(&up, "a", 1, false).await;
+    let b_traffic = Traffic::start_with(&up, "b", 1, false).await;
     up.client.delete("models", "c").await.unwrap();
     wait_for(
         "server packed to 1 replica",
@@ -268,9 +199,8 @@ async fn after_a_model_is_removed_the_server_packs_and_releases_a_replica() {
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        let (ok, errors) = c.await.unwrap();
+    for t in [a_traffic, b_traffic] {
+        let (ok, errors) = t.stop().await;
         assert!(
             errors.is_empty(),
             "failed requests while packing: {errors:?}"

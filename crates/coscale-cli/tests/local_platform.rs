@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use coscale_api::v2::{InferRequest, TensorData};
@@ -106,38 +104,8 @@ async fn killing_a_replica_process_under_traffic_fails_no_request_and_it_comes_b
     let victim = before.replicas.iter().find(|r| r.replica == 1).unwrap();
     let victim_pid = victim.pid.unwrap();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..4 {
-        let (req, body) = iris();
-        let stop = stop.clone();
-        let ok = ok.clone();
-        let failed = failed.clone();
-        let mut client = if i % 2 == 0 {
-            V2Client::rest(&up.endpoints.router_http).await
-        } else {
-            V2Client::grpc(&up.endpoints.router_grpc).await.unwrap()
-        };
-        tasks.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.infer("iris", &req, &body).await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        errors.push(e.to_string());
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            errors
-        }));
-    }
-    wait_for("traffic flowing", Duration::from_secs(10), || async {
-        (ok.load(Ordering::Relaxed) > 50).then_some(())
-    })
-    .await;
+    let traffic = Traffic::start(&up, "iris", 4).await;
+    traffic.wait_served(50).await;
     let status = std::process::Command::new("kill")
         .args(["-KILL", &victim_pid.to_string()])
         .status()
@@ -153,16 +121,8 @@ async fn killing_a_replica_process_under_traffic_fails_no_request_and_it_comes_b
     })
     .await;
     up.wait_available("iris", 2).await;
-    let count_after_restart = ok.load(Ordering::Relaxed);
-    wait_for("traffic after restart", Duration::from_secs(10), || async {
-        (ok.load(Ordering::Relaxed) > count_after_restart + 50).then_some(())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for t in tasks {
-        errors.extend(t.await.unwrap());
-    }
+    traffic.wait_served(50).await;
+    let (_, errors) = traffic.stop().await;
     assert!(errors.is_empty(), "failed requests: {errors:?}");
     assert!(
         after.events.iter().any(|e| e.reason == "ReplicaCrashed"),

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coscale_api::rest::{Endpoints, ModelStatus, ServerStatus};
@@ -257,4 +259,75 @@ pub fn model_yaml(name: &str, example: &str, replicas: u32) -> String {
         "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: {name}\nspec:\n  storageUri: file://{}\n  requirements: [onnx]\n  memory: 1Mi\n  replicas: {replicas}\n",
         uri.display()
     )
+}
+
+/// Closed-loop clients sending the default iris request to one model through the
+/// router (alternately REST and gRPC) until stopped; collects every failure.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Traffic {
+    pub async fn start(up: &Up, model: &str, clients: usize) -> Traffic {
+        Self::start_with(up, model, clients, true).await
+    }
+
+    /// `mixed = false`: REST only.
+    pub async fn start_with(up: &Up, model: &str, clients: usize, mixed: bool) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let stop = stop.clone();
+            let ok = ok.clone();
+            let req = coscale_cli::load::iris_request();
+            let body = req.to_json();
+            let model = model.to_owned();
+            let mut client = if mixed && i % 2 == 1 {
+                coscale_cli::infer::V2Client::grpc(&up.endpoints.router_grpc)
+                    .await
+                    .unwrap()
+            } else {
+                coscale_cli::infer::V2Client::rest(&up.endpoints.router_http).await
+            };
+            tasks.push(tokio::spawn(async move {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match client.infer(&model, &req, &body).await {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                errors
+            }));
+        }
+        Traffic { stop, ok, tasks }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests were served (deadline 10 s).
+    pub async fn wait_served(&self, n: u64) {
+        let target = self.served() + n;
+        wait_for("traffic flowing", Duration::from_secs(10), || async {
+            (self.served() >= target).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the clients; returns (served, failures).
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for t in self.tasks {
+            errors.extend(t.await.unwrap());
+        }
+        (self.ok.load(Ordering::Relaxed), errors)
+    }
 }
