@@ -9,7 +9,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,49 +114,13 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
         .unwrap();
     let victim = mlserver_child(agent_pid).expect("replica 0 runs an MLServer child");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for i in 0..4 {
-        let (req, body, stop, ok, failed) = (
-            req.clone(),
-            body.clone(),
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-        );
-        let mut client = if i % 2 == 0 {
-            V2Client::rest(&up.endpoints.router_http).await
-        } else {
-            V2Client::grpc(&up.endpoints.router_grpc).await.unwrap()
-        };
-        tasks.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.infer("iris", &req, &body).await {
-                    Ok(r) if predictions(&r) == vec![0, 2] => ok.fetch_add(1, Ordering::Relaxed),
-                    Ok(r) => {
-                        errors.push(format!("wrong predictions {:?}", predictions(&r)));
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(e) => {
-                        errors.push(e.to_string());
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            errors
-        }));
-    }
-    wait_for("traffic flowing", Duration::from_secs(20), || async {
-        (ok.load(Ordering::Relaxed) > 50).then_some(())
-    })
-    .await;
+    let traffic = Traffic::start(&up, "iris", 4).await;
+    traffic.wait_served(50).await;
 
     // Watch the control plane's view: the model must drop to one available replica
     // while the MLServer is down (the agent reports it), then come back to two.
     let lowest = Arc::new(AtomicU32::new(u32::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (lowest, stop) = (lowest.clone(), stop.clone());
         let client = up.client.clone();
@@ -193,24 +157,12 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
             .any(|r| r.replica == 0 && r.state == "Available"),
         "{replicas:?}"
     );
-    let count = ok.load(Ordering::Relaxed);
-    wait_for(
-        "traffic after the restart",
-        Duration::from_secs(20),
-        || async { (ok.load(Ordering::Relaxed) > count + 50).then_some(()) },
-    )
-    .await;
+    traffic.wait_served(50).await;
     stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for t in tasks {
-        errors.extend(t.await.unwrap());
-    }
     watcher.await.unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed requests: {errors:?}"
-    );
+    let (served, errors) = traffic.stop().await;
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
+    eprintln!("{served} requests, none failed; MLServer {victim} killed, {restarted} took over");
     assert_ne!(restarted, victim);
 
     // Stopping the platform stops the MLServers too (the provisioner kills agents with
@@ -230,8 +182,4 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
         },
     )
     .await;
-    eprintln!(
-        "{} requests, none failed; MLServer {victim} killed, {restarted} took over",
-        ok.load(Ordering::Relaxed)
-    );
 }
