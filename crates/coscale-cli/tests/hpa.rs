@@ -248,10 +248,17 @@ async fn an_hpa_on_a_model_with_min_and_max_replicas_is_applied_with_a_warning()
 async fn a_model_hpa_and_a_server_hpa_on_the_same_metric_converge_one_to_one() {
     let up = Up::start("hpa-1to1", FAST).await;
     serve_irisa0(&up, "mlserver", 1, Some("mlserver")).await;
+    one_to_one_converges(&up, true).await;
+}
+
+/// Applies the 1:1 fixture and drives load: both HPAs reach 3, the Model reports
+/// `ScheduleFailed` while the Server lags and no request fails; then (if `down`) both
+/// return to 1 after the load.
+async fn one_to_one_converges(up: &Up, down: bool) {
     up.apply_file(&fixtures().join("single-model-serving-hpa.yaml"))
         .await
         .unwrap();
-    let load = Load::start(&up, "irisa0", 12.0).await;
+    let load = Load::start(up, "irisa0", 12.0).await;
     let (model, server) = wait_for(
         "Model and Server HPAs to converge on 3",
         HPA_DEADLINE,
@@ -277,6 +284,9 @@ async fn a_model_hpa_and_a_server_hpa_on_the_same_metric_converge_one_to_one() {
     let (ok, failures) = load.stop().await;
     assert!(failures.is_empty(), "{failures:?}");
     assert!(ok > 0);
+    if !down {
+        return;
+    }
     wait_for("both back to 1", HPA_DEADLINE, || async {
         let m = up.model("irisa0").await?;
         let s = up.server("mlserver").await?;
@@ -349,6 +359,30 @@ fn prometheus_installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `prometheus` is installed; without it, fails under `CI=true`, else says skipped.
+fn prometheus_or_skip() -> bool {
+    if prometheus_installed() {
+        return true;
+    }
+    let msg = "prometheus is not installed (run .ci/install-prometheus.sh)";
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("skipped: {msg}");
+    false
+}
+
+/// The adapter rule of the docs, verbatim except the rate window (the test's patience).
+fn adapter_rule(dir: &Path, window: &str) -> PathBuf {
+    let rule = std::fs::read_to_string(fixtures().join("prometheus-adapter-config.yaml"))
+        .unwrap()
+        .replace("[2m]", &format!("[{window}]"));
+    assert!(rule.contains(&format!("[{window}]")));
+    let path = dir.join("adapter.yaml");
+    std::fs::write(&path, rule).unwrap();
+    path
+}
+
 struct Prometheus {
     child: Child,
     url: String,
@@ -410,10 +444,18 @@ async fn start_prometheus(dir: &Path, targets: &Path) -> Prometheus {
 }
 
 /// Rewrites the file_sd targets from `coscale get servers -o json` (replicas[].http).
-fn write_targets(up: &Up, path: &Path) {
-    let (ok, out, err) = up.cli(&["get", "servers", "-o", "json"]);
-    assert!(ok, "{err}");
-    let servers: serde_json::Value = serde_json::from_str(&out).unwrap();
+fn write_targets(data_dir: &Path, path: &Path) {
+    let out = Command::new(BIN)
+        .args(["get", "servers", "-o", "json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let servers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut groups = Vec::new();
     for s in servers.as_array().unwrap() {
         for r in s["replicas"].as_array().unwrap() {
@@ -435,25 +477,14 @@ fn write_targets(up: &Up, path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_and_prometheus_infer_rps_agree_and_the_model_hpa_scales_from_prometheus() {
-    if !prometheus_installed() {
-        let msg = "prometheus is not installed (run .ci/install-prometheus.sh)";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg}");
-        }
-        eprintln!("skipped: {msg}");
+    if !prometheus_or_skip() {
         return;
     }
     let dir = tempdir("prometheus");
     let targets = dir.join("targets.json");
     let prom = start_prometheus(&dir, &targets).await;
-    // The adapter rule of the docs, verbatim except a 30 s rate window (the test's
-    // patience); the built-in source uses the same window.
-    let rule = std::fs::read_to_string(fixtures().join("prometheus-adapter-config.yaml"))
-        .unwrap()
-        .replace("[2m]", "[30s]");
-    assert!(rule.contains("[30s]"));
-    let rule_path = dir.join("adapter.yaml");
-    std::fs::write(&rule_path, rule).unwrap();
+    // the built-in source uses the same 30 s window as the rule
+    let rule_path = adapter_rule(&dir, "30s");
     let up = Up::start(
         "hpa-prom",
         &[
@@ -481,7 +512,7 @@ async fn builtin_and_prometheus_infer_rps_agree_and_the_model_hpa_scales_from_pr
         },
     )
     .await;
-    write_targets(&up, &targets);
+    write_targets(&up.dir, &targets);
 
     // (a) steady load: the two sources agree within 5 % (and match the offered rate)
     let load = Load::start(&up, "irisa0", 6.0).await;
@@ -520,4 +551,41 @@ async fn builtin_and_prometheus_infer_rps_agree_and_the_model_hpa_scales_from_pr
             .all(|d| d.metrics.iter().all(|m| m.starts_with("infer_rps="))),
         "every decision had a Prometheus value: {h:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_to_one_pair_converges_on_prometheus_metrics_with_file_sd_targets() {
+    if !prometheus_or_skip() {
+        return;
+    }
+    let dir = tempdir("prometheus-1to1");
+    let targets = dir.join("targets.json");
+    let prom = start_prometheus(&dir, &targets).await;
+    let rule_path = adapter_rule(&dir, "10s");
+    let up = Up::start(
+        "hpa-prom-1to1",
+        &[
+            "--hpa-sync-period-seconds",
+            "1",
+            "--prometheus-url",
+            &prom.url,
+            "--prometheus-adapter-config",
+            rule_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    serve_irisa0(&up, "mlserver", 1, Some("mlserver")).await;
+    // file_sd: the test keeps the targets in step with the Server's replicas
+    let refresher = {
+        let (data_dir, targets) = (up.dir.clone(), targets.clone());
+        tokio::spawn(async move {
+            loop {
+                let (d, t) = (data_dir.clone(), targets.clone());
+                let _ = tokio::task::spawn_blocking(move || write_targets(&d, &t)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    one_to_one_converges(&up, false).await;
+    refresher.abort();
 }
