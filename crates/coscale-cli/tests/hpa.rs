@@ -475,29 +475,40 @@ fn write_targets(data_dir: &Path, path: &Path) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// Prometheus on 127.0.0.1 scraping `targets.json` (empty until the test writes it), and
+/// `coscale up` reading HPA metrics from it with the fixture rule at `window`.
+async fn with_prometheus(tag: &str, window: &str, extra: &[&str]) -> (Prometheus, PathBuf, Up) {
+    let dir = tempdir(tag);
+    let targets = dir.join("targets.json");
+    let prom = start_prometheus(&dir, &targets).await;
+    let rule_path = adapter_rule(&dir, window);
+    let mut args = vec![
+        "--hpa-sync-period-seconds",
+        "1",
+        "--prometheus-url",
+        &prom.url,
+        "--prometheus-adapter-config",
+        rule_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let up = Up::start(&format!("hpa-{tag}"), &args).await;
+    (prom, targets, up)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_and_prometheus_infer_rps_agree_and_the_model_hpa_scales_from_prometheus() {
     if !prometheus_or_skip() {
         return;
     }
-    let dir = tempdir("prometheus");
-    let targets = dir.join("targets.json");
-    let prom = start_prometheus(&dir, &targets).await;
     // the built-in source uses the same 30 s window as the rule
-    let rule_path = adapter_rule(&dir, "30s");
-    let up = Up::start(
-        "hpa-prom",
+    let (_prom, targets, up) = with_prometheus(
+        "prom",
+        "30s",
         &[
-            "--hpa-sync-period-seconds",
-            "1",
             "--metrics-window-seconds",
             "30",
             "--hpa-downscale-stabilization-seconds",
             "3",
-            "--prometheus-url",
-            &prom.url,
-            "--prometheus-adapter-config",
-            rule_path.to_str().unwrap(),
         ],
     )
     .await;
@@ -558,22 +569,7 @@ async fn the_one_to_one_pair_converges_on_prometheus_metrics_with_file_sd_target
     if !prometheus_or_skip() {
         return;
     }
-    let dir = tempdir("prometheus-1to1");
-    let targets = dir.join("targets.json");
-    let prom = start_prometheus(&dir, &targets).await;
-    let rule_path = adapter_rule(&dir, "10s");
-    let up = Up::start(
-        "hpa-prom-1to1",
-        &[
-            "--hpa-sync-period-seconds",
-            "1",
-            "--prometheus-url",
-            &prom.url,
-            "--prometheus-adapter-config",
-            rule_path.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let (_prom, targets, up) = with_prometheus("prom-1to1", "10s", &[]).await;
     serve_irisa0(&up, "mlserver", 1, Some("mlserver")).await;
     // file_sd: the test keeps the targets in step with the Server's replicas
     let refresher = {
