@@ -92,6 +92,13 @@ pub struct ModelStatus {
     pub storage_uri: String,
     pub requirements: Vec<String>,
     pub memory_bytes: Option<u64>,
+    /// Estimate from the artifact's size (used for placement while `memory` is unset and
+    /// nothing was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_memory_bytes: Option<u64>,
+    /// Largest memory growth a replica measured after loading the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_memory_bytes: Option<u64>,
     pub replicas: Vec<ModelReplicaStatus>,
     pub created_unix_millis: u64,
     #[serde(default)]

@@ -335,12 +335,23 @@ pub fn describe_model(m: &ModelStatus) -> String {
     }
     s.push_str(&format!("Storage URI:   {}\n", m.storage_uri));
     s.push_str(&format!("Requirements:  {}\n", m.requirements.join(", ")));
-    s.push_str(&format!(
-        "Memory:        {}\n",
-        m.memory_bytes
-            .map(output::bytes)
-            .unwrap_or_else(|| "unset".to_owned())
-    ));
+    let mut memory = m
+        .memory_bytes
+        .map(output::bytes)
+        .unwrap_or_else(|| "unset".to_owned());
+    let extra: Vec<String> = [
+        m.estimated_memory_bytes
+            .map(|b| format!("estimated {} from the artifact", output::bytes(b))),
+        m.measured_memory_bytes
+            .map(|b| format!("measured {} after load", output::bytes(b))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !extra.is_empty() {
+        memory.push_str(&format!(" ({})", extra.join(", ")));
+    }
+    s.push_str(&format!("Memory:        {memory}\n"));
     s.push_str(&format!(
         "Replicas:      {} desired, {} available (min {}, max {})\n",
         m.desired_replicas,

@@ -215,11 +215,45 @@ fn warnings_for(r: &Resource) -> Vec<String> {
     }
 }
 
+/// Size in bytes of a local artifact (`file://` URI or path: a file, or a folder's
+/// files); None for remote URIs or missing paths.
+fn local_artifact_size(uri: &str) -> Option<u64> {
+    fn size(p: &std::path::Path) -> u64 {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| size(&e.path()))
+                        .fold(0u64, u64::saturating_add)
+                })
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let path = match uri.strip_prefix("file://") {
+        Some(p) => p,
+        None if !uri.contains("://") => uri,
+        None => return None,
+    };
+    let p = std::path::Path::new(path);
+    p.exists().then(|| size(p))
+}
+
 async fn apply(
     AxState(cp): AxState<ControlPlane>,
     Json(req): Json<ManifestRequest>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let mut resources = parse(&req)?;
+    let sizes: std::collections::BTreeMap<String, Option<u64>> = resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Model(m) if m.spec.memory_bytes.is_none() => {
+                Some((m.name.to_string(), local_artifact_size(&m.spec.storage_uri)))
+            }
+            _ => None,
+        })
+        .collect();
     resources.sort_by_key(rank);
     let now = now_millis();
     let mut results = Vec::new();
@@ -236,7 +270,13 @@ async fn apply(
                 preview(&st, &r)
             } else {
                 let (action, change) = match r {
-                    Resource::Model(m) => st.apply_model(m, now),
+                    Resource::Model(m) => {
+                        let name = m.name.clone();
+                        let (action, change) = st.apply_model(m, now);
+                        let size = sizes.get(name.as_str()).copied().flatten();
+                        let estimate = st.record_artifact_size(&name, size);
+                        (action, estimate.or(change))
+                    }
                     Resource::Server(s) => st.apply_server(s, now),
                     Resource::ServerConfig(c) => st.apply_config(c, now),
                     Resource::Hpa(h) => st.apply_hpa(*h, now),

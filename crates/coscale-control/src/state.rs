@@ -40,6 +40,10 @@ pub struct ModelRecord {
     /// When the replica count or version last changed (autoscaling stability).
     #[serde(default)]
     pub last_change_unix_millis: u64,
+    /// Size of the artifact when it is a local file or folder: the memory estimate of a
+    /// Model that sets no `memory`, until a replica reports a measurement.
+    #[serde(default)]
+    pub artifact_bytes: Option<u64>,
 }
 
 impl ModelRecord {
@@ -284,6 +288,7 @@ impl State {
                     created_unix_millis: now,
                     autoscaled_replicas: None,
                     last_change_unix_millis: now,
+                    artifact_bytes: None,
                 };
                 self.models.insert(name.clone(), rec.clone());
                 self.event(
@@ -296,6 +301,20 @@ impl State {
                 ("created", Some(Persist::PutModel(rec)))
             }
         }
+    }
+
+    /// Records the artifact size of a Model (its memory estimate while `memory` is unset).
+    pub fn record_artifact_size(
+        &mut self,
+        name: &ModelName,
+        bytes: Option<u64>,
+    ) -> Option<Persist> {
+        let rec = self.models.get_mut(name)?;
+        if rec.artifact_bytes == bytes {
+            return None;
+        }
+        rec.artifact_bytes = bytes;
+        Some(Persist::PutModel(rec.clone()))
     }
 
     pub fn delete_model(&mut self, name: &str, now: u64) -> Option<Persist> {
@@ -668,7 +687,7 @@ impl State {
                 continue;
             };
             let version = rec.version;
-            let memory = rec.model.spec.memory_bytes.unwrap_or(0);
+            let memory = self.model_memory(rec);
             let name = d.model.clone();
             // load where assigned
             if let Some(server) = &d.server {
@@ -875,12 +894,34 @@ impl State {
         ModelDemand {
             name: name.clone(),
             requirements: rec.model.spec.requirements.clone(),
-            memory_bytes: rec.model.spec.memory_bytes.unwrap_or(0),
+            memory_bytes: self.model_memory(rec),
             replicas: rec.replicas(),
             min_replicas: rec.model.scaling.min_replicas,
             server: rec.model.spec.server.clone(),
             current,
         }
+    }
+
+    /// Largest memory a replica measured for the latest version (None = none yet).
+    pub fn measured_memory(&self, rec: &ModelRecord) -> Option<u64> {
+        self.replicas
+            .values()
+            .filter_map(|e| e.models.get(&(rec.model.name.clone(), rec.version)))
+            .filter(|m| m.state == ReplicaModelState::Available && m.memory_bytes > 0)
+            .map(|m| m.memory_bytes)
+            .max()
+    }
+
+    /// Memory one replica of the model needs for placement: `spec.memory`; else what
+    /// replicas measured after loading it; else the artifact's size; else 0 (Seldon's
+    /// "no constraint").
+    pub fn model_memory(&self, rec: &ModelRecord) -> u64 {
+        rec.model
+            .spec
+            .memory_bytes
+            .or_else(|| self.measured_memory(rec))
+            .or(rec.artifact_bytes)
+            .unwrap_or(0)
     }
 
     pub(crate) fn count_state(&self, rec: &ModelRecord, state: ReplicaModelState) -> u32 {
@@ -988,6 +1029,8 @@ impl State {
             storage_uri: rec.model.spec.storage_uri.clone(),
             requirements: rec.model.spec.requirements.clone(),
             memory_bytes: rec.model.spec.memory_bytes,
+            estimated_memory_bytes: rec.artifact_bytes,
+            measured_memory_bytes: self.measured_memory(rec),
             replicas,
             created_unix_millis: rec.created_unix_millis,
             events: self.events_of(&model_key(name)),

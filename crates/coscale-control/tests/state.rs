@@ -311,3 +311,47 @@ fn servers_report_desired_ready_and_starting_replicas() {
     assert_eq!(states, vec!["Ready", "Starting", "Starting"]);
     assert_eq!(s.capabilities, vec!["onnx".to_owned()]);
 }
+
+#[test]
+fn a_model_without_memory_is_placed_with_its_artifact_size_then_its_measured_size() {
+    let mut st = State::default();
+    let yaml = "apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata: {name: m}\nspec: {storageUri: '/a', requirements: [onnx]}\n";
+    apply(&mut st, &(server("s", 1) + "---\n" + yaml));
+    let name = ModelName::new("m");
+    assert!(st.record_artifact_size(&name, Some(4096)).is_some());
+    assert!(
+        st.record_artifact_size(&name, Some(4096)).is_none(),
+        "no change, nothing to persist"
+    );
+    let rec = st.models.get(&name).unwrap().clone();
+    assert_eq!(st.model_memory(&rec), 4096);
+    connect(&mut st, "s", 0, 1);
+    st.reconcile(1);
+    st.agent_event(
+        &ServerName::new("s"),
+        ReplicaIndex(0),
+        1,
+        name.clone(),
+        1,
+        AgentEventKind::Loaded {
+            memory_bytes: 50_000,
+        },
+        String::new(),
+        2,
+    );
+    let rec = st.models.get(&name).unwrap().clone();
+    assert_eq!(
+        st.model_memory(&rec),
+        50_000,
+        "a measurement wins over the estimate"
+    );
+    let status = st.model_status("m").unwrap();
+    assert_eq!(
+        (
+            status.memory_bytes,
+            status.estimated_memory_bytes,
+            status.measured_memory_bytes
+        ),
+        (None, Some(4096), Some(50_000))
+    );
+}
