@@ -576,7 +576,15 @@ fn log_tail(path: &Path) -> String {
 /// Reloads every held model into a freshly started server.
 async fn restore(shared: &Shared, proc: &Proc) {
     let _guard = shared.load_lock.lock().await;
-    let names: Vec<String> = shared.lock().held.keys().cloned().collect();
+    // only what the previous server lost: a model loaded into this server meanwhile (the
+    // first start races with the first loads) is already ready and needs nothing
+    let names: Vec<String> = shared
+        .lock()
+        .held
+        .iter()
+        .filter(|(_, h)| !h.ready)
+        .map(|(n, _)| n.clone())
+        .collect();
     if names.is_empty() {
         return;
     }
