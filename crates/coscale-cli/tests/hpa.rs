@@ -585,3 +585,57 @@ async fn the_one_to_one_pair_converges_on_prometheus_metrics_with_file_sd_target
     one_to_one_converges(&up, false).await;
     refresher.abort();
 }
+
+/// `hpa-rest-only-selector.yaml`: `matchLabels: {method_type: rest}` counts REST requests
+/// only, so gRPC traffic leaves the model alone and REST traffic scales it; and
+/// `hpa-custom-policy.yaml` (the docs' Pods policy) applies and drives the same model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixture_rest_only_selector_ignores_grpc_traffic_and_scales_on_rest() {
+    use coscale_cli::infer::V2Client;
+    use coscale_cli::load::{generate, iris_request, Arrivals, LoadSpec};
+    let up = Up::start("hpa-selector", FAST).await;
+    serve_irisa0(&up, "pool", 3, None).await;
+    up.apply_file(&fixtures().join("hpa-rest-only-selector.yaml"))
+        .await
+        .unwrap();
+    let spec = |secs: u64| LoadSpec {
+        duration: Duration::from_secs(secs),
+        from_rps: 12.0,
+        to_rps: 12.0,
+        arrivals: Arrivals::Constant,
+        concurrency: 64,
+        seed: 1,
+    };
+    let grpc = V2Client::grpc(&up.endpoints.router_grpc).await.unwrap();
+    let report = generate(grpc, "irisa0", iris_request(), &spec(8), None).await;
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(model_replicas(&up).await, 1, "gRPC requests do not count");
+    let status = hpa(&up, "irisa0-model-hpa-rest").await.unwrap();
+    assert!(
+        status.targets.iter().any(|t| t.starts_with("0/")),
+        "{:?}",
+        status.targets
+    );
+    let rest = V2Client::rest(&up.endpoints.router_http).await;
+    let long = spec(30);
+    let load =
+        tokio::spawn(async move { generate(rest, "irisa0", iris_request(), &long, None).await });
+    wait_for("REST traffic to scale irisa0 up", HPA_DEADLINE, || async {
+        Some(model_replicas(&up).await).filter(|n| *n >= 2)
+    })
+    .await;
+    let report = load.await.unwrap();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+
+    let applied = up
+        .apply_file(&fixtures().join("hpa-custom-policy.yaml"))
+        .await
+        .unwrap();
+    assert_eq!(applied.results[0].action, "created");
+    let (ok, out, err) = up.cli(&["get", "hpa"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("irisa0-model-hpa ") && out.contains("irisa0-model-hpa-rest"),
+        "{out}"
+    );
+}
