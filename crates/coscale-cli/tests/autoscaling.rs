@@ -96,16 +96,7 @@ async fn load_grows_the_model_and_its_server_then_both_shrink_with_no_failed_req
         "{:?}",
         s.events
     );
-    let token = std::fs::read_to_string(up.dir.join("token")).unwrap();
-    let metrics = reqwest::Client::new()
-        .get(&up.endpoints.metrics)
-        .bearer_auth(token.trim())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = up.control_metrics().await;
     assert!(
         metrics.contains("coscale_autoscaler_decisions_total{kind=\"model\",direction=\"up\""),
         "{metrics}"

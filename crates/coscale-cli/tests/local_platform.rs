@@ -67,23 +67,26 @@ async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_ro
     assert!(ok);
     assert!(out.contains("\"label\""), "{out}");
     // metrics with Seldon's names on the agents and coscale's on the control plane
-    let text = reqwest::Client::new()
-        .get(&up.endpoints.metrics)
-        .bearer_auth(
-            std::fs::read_to_string(up.dir.join("token"))
-                .unwrap()
-                .trim(),
-        )
-        .send()
+    let text = up.control_metrics().await;
+    assert!(
+        text.contains("coscale_server_ready_replicas{server=\"onnx\"} 2"),
+        "{text}"
+    );
+    let replica0 = up.server("onnx").await.unwrap().replicas[0]
+        .http
+        .clone()
+        .unwrap();
+    let agent = reqwest::get(format!("http://{replica0}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
     assert!(
-        text.contains("coscale_server_ready_replicas{server=\"onnx\"} 2"),
-        "{text}"
+        agent.contains("seldon_model_infer_total{server=\"onnx\",server_replica=\"0\",model=\"iris\",model_internal=\"iris_1\",method_type=\"rest\",code=\"200\"}"),
+        "{agent}"
     );
+    assert!(agent.contains("seldon_loaded_model_gauge"), "{agent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,29 +56,26 @@ fn connect(st: &mut State, server: &str, replica: u32, session: u64) -> Vec<Comm
     )
 }
 
-/// (replica, model, version) of every Load command.
-fn loads(cmds: &[Command]) -> Vec<(u32, String, u32)> {
+/// (replica, model, version) of every Load (`load = true`) or Unload command.
+fn commands(cmds: &[Command], load: bool) -> Vec<(u32, String, u32)> {
     cmds.iter()
-        .filter_map(|c| match &c.message.kind {
-            Some(Kind::Load(l)) => {
-                let m = l.model.as_ref().unwrap();
-                Some((c.replica.0, m.name.clone(), m.version))
-            }
-            _ => None,
+        .filter_map(|c| {
+            let model = match (&c.message.kind, load) {
+                (Some(Kind::Load(l)), true) => l.model.as_ref(),
+                (Some(Kind::Unload(u)), false) => u.model.as_ref(),
+                _ => None,
+            }?;
+            Some((c.replica.0, model.name.clone(), model.version))
         })
         .collect()
 }
 
+fn loads(cmds: &[Command]) -> Vec<(u32, String, u32)> {
+    commands(cmds, true)
+}
+
 fn unloads(cmds: &[Command]) -> Vec<(u32, String, u32)> {
-    cmds.iter()
-        .filter_map(|c| match &c.message.kind {
-            Some(Kind::Unload(u)) => {
-                let m = u.model.as_ref().unwrap();
-                Some((c.replica.0, m.name.clone(), m.version))
-            }
-            _ => None,
-        })
-        .collect()
+    commands(cmds, false)
 }
 
 fn loaded(st: &mut State, server: &str, replica: u32, session: u64, model: &str, version: u32) {

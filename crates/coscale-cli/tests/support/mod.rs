@@ -141,6 +141,20 @@ impl Up {
         self.endpoints = endpoints;
     }
 
+    /// The control plane's `/metrics` text (bearer token).
+    pub async fn control_metrics(&self) -> String {
+        let token = std::fs::read_to_string(self.dir.join("token")).unwrap();
+        reqwest::Client::new()
+            .get(&self.endpoints.metrics)
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("up.log")).unwrap_or_default()
     }
