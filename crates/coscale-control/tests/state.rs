@@ -78,6 +78,20 @@ fn unloads(cmds: &[Command]) -> Vec<(u32, String, u32)> {
     commands(cmds, false)
 }
 
+/// What the agent of `s`-0 (session 1) reports about version `version` of `model`.
+fn report(st: &mut State, model: &str, version: u32, kind: AgentEventKind, message: &str) {
+    st.agent_event(
+        &ServerName::new("s"),
+        ReplicaIndex(0),
+        1,
+        ModelName::new(model),
+        version,
+        kind,
+        message.to_owned(),
+        2,
+    );
+}
+
 fn loaded(st: &mut State, server: &str, replica: u32, session: u64, model: &str, version: u32) {
     st.agent_event(
         &ServerName::new(server),
@@ -172,16 +186,7 @@ fn a_deleted_model_is_unloaded_then_forgotten() {
         st.routing_table().route("m").is_none(),
         "unknown to routers at once"
     );
-    st.agent_event(
-        &ServerName::new("s"),
-        ReplicaIndex(0),
-        1,
-        ModelName::new("m"),
-        1,
-        AgentEventKind::Unloaded,
-        String::new(),
-        4,
-    );
+    report(&mut st, "m", 1, AgentEventKind::Unloaded, "");
     st.reconcile(5);
     assert!(st.model_status("m").is_none());
 }
@@ -235,15 +240,12 @@ fn a_failed_load_marks_the_model_failed_without_a_retry_storm() {
     );
     connect(&mut st, "s", 0, 1);
     st.reconcile(1);
-    st.agent_event(
-        &ServerName::new("s"),
-        ReplicaIndex(0),
-        1,
-        ModelName::new("m"),
+    report(
+        &mut st,
+        "m",
         1,
         AgentEventKind::LoadFailed,
-        "cannot load model from /a: not an ONNX file".into(),
-        2,
+        "cannot load model from /a: not an ONNX file",
     );
     assert!(st.reconcile(3).is_empty());
     let s = st.model_status("m").unwrap();
@@ -324,17 +326,14 @@ fn a_model_without_memory_is_placed_with_its_artifact_size_then_its_measured_siz
     assert_eq!(st.model_memory(&rec), 4096);
     connect(&mut st, "s", 0, 1);
     st.reconcile(1);
-    st.agent_event(
-        &ServerName::new("s"),
-        ReplicaIndex(0),
-        1,
-        name.clone(),
+    report(
+        &mut st,
+        "m",
         1,
         AgentEventKind::Loaded {
             memory_bytes: 50_000,
         },
-        String::new(),
-        2,
+        "",
     );
     let rec = st.models.get(&name).unwrap().clone();
     assert_eq!(
