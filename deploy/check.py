@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import helm_python
+import jsonschema
 import kubernetes_validate
 import yaml
 
@@ -204,8 +205,9 @@ def coscale_validate(objects: list[dict], where: str) -> list[str]:
         path = Path(tmp) / "manifests.yaml"
         path.write_text(yaml.safe_dump_all(objects, sort_keys=False))
         out = subprocess.run(command + ["validate", "-f", str(path)], capture_output=True, text=True)
+        output = (out.stderr + out.stdout).replace(str(path), "manifest").strip()
     if out.returncode != 0:
-        return [f"{where}: coscale validate failed:\n{(out.stderr + out.stdout).strip()}"]
+        return [f"{where}: coscale validate failed:\n{output}"]
     valid = sum(1 for line in out.stdout.splitlines() if line.endswith(" valid"))
     if valid != len(objects):
         return [f"{where}: coscale validate reported {valid} valid objects of {len(objects)}:\n{out.stdout}"]
@@ -216,6 +218,64 @@ def is_custom(obj: dict) -> bool:
     return obj.get("apiVersion") == SELDON_API
 
 
+def structural(schema: Any, root: bool = False) -> Any:
+    """A CRD's openAPIV3Schema as JSON Schema with the API server's strict field
+    validation: unknown fields are errors unless x-kubernetes-preserve-unknown-fields,
+    `nullable` admits null, int-or-string admits both."""
+    if isinstance(schema, list):
+        return [structural(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: structural(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if root:
+        props = dict(out.get("properties", {}))
+        for implicit in ("apiVersion", "kind"):
+            props.setdefault(implicit, {"type": "string"})
+        props["metadata"] = {"type": "object"}  # ObjectMeta: checked by the API server itself
+        out["properties"] = props
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+    if out.pop("nullable", False) and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+_crd_schemas: dict[tuple[str, str], dict] = {}
+
+
+def crd_schema(api_version: str, kind: str) -> dict | None:
+    """The JSON Schema of (apiVersion, kind) from the CRDs in deploy/crds."""
+    if not _crd_schemas:
+        for f in CRD_FILES:
+            for crd in load_all((DEPLOY / "crds" / f).read_text(), f"deploy/crds/{f}"):
+                spec = crd.get("spec", {})
+                for version in spec.get("versions", []):
+                    schema = version.get("schema", {}).get("openAPIV3Schema")
+                    if schema is not None:
+                        api = f"{spec.get('group')}/{version.get('name')}"
+                        _crd_schemas[(api, spec.get("names", {}).get("kind"))] = structural(schema, root=True)
+    return _crd_schemas.get((api_version, kind))
+
+
+def crd_validate(obj: dict, where: str) -> list[str]:
+    """A custom resource against its CRD's schema, as the API server would check it."""
+    schema = crd_schema(obj.get("apiVersion", ""), obj.get("kind", ""))
+    if schema is None:
+        return [f"{where}: {label(obj)}: no CRD in deploy/crds defines {obj.get('apiVersion')} {obj.get('kind')}"]
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{where}: {label(obj)} (CRD schema) {'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
 def validate_objects(objects: list[dict], where: str) -> str:
     """Standard objects by schema; coscale's own and HPAs by `coscale validate`."""
     problems: list[str] = []
@@ -223,13 +283,16 @@ def validate_objects(objects: list[dict], where: str) -> str:
     for obj in objects:
         if is_custom(obj) or obj.get("kind") == "HorizontalPodAutoscaler":
             ours.append(obj)
+        if is_custom(obj):
+            problems += crd_validate(obj, where)
         if obj.get("kind") == "ServerConfig":
             problems += kube_validate(pod_of(obj), f"{where} ({label(obj)} podSpec)")
         if not is_custom(obj):
             problems += kube_validate(obj, where)
     problems += coscale_validate(ours, where)
     fail_if(problems)
-    return f"{len(objects) - len(ours)} standard, {len(ours)} by coscale validate"
+    custom = sum(1 for o in objects if is_custom(o))
+    return f"{len(objects) - custom} standard by schema, {custom} by CRD schema, {len(ours)} by coscale validate"
 
 
 # --------------------------------------------------------------------------- CRDs
@@ -695,9 +758,16 @@ def check_dockerfile() -> str:
                 problems.append(f"Dockerfile copies {path}, which does not exist")
             elif dockerignored(path, ignore):
                 problems.append(f"Dockerfile copies {path}, which .dockerignore excludes")
-    for needed in ["crates/coscale-api/build.rs", "crates/coscale-api/proto/agent.proto"]:
-        if dockerignored(needed, ignore):
-            problems.append(f".dockerignore excludes {needed}, which the build reads")
+    if "--locked" in joined:
+        out = subprocess.run(["cargo", "metadata", "--locked", "--format-version", "1"], cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            problems.append(f"the image builds with --locked but Cargo.lock is not up to date:\n{out.stderr.strip()}")
+    tracked = subprocess.run(["git", "ls-files", "Cargo.toml", "Cargo.lock", "crates"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0 or not tracked.stdout.strip():
+        problems.append(f"git ls-files found no sources to check .dockerignore against: {tracked.stderr.strip()}")
+    excluded = [f for f in tracked.stdout.splitlines() if dockerignored(f, ignore)]
+    if excluded:
+        problems.append(f".dockerignore excludes {len(excluded)} files the build reads, e.g. {excluded[:3]}")
     fail_if(problems)
     return f"hadolint clean; builds -p {package} → coscale, runs as 10001"
 
@@ -741,6 +811,17 @@ def check_self_test(base: list[dict]) -> str:
              "spec": {"storageUri": "/mnt/models/iris", "replica": 2}}
     if not coscale_validate([model], "self-test"):
         problems.append("coscale validate accepted a Model with spec.replica")
+    schema = structural({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "replicas": {"type": "integer", "nullable": True},
+        "port": {"x-kubernetes-int-or-string": True},
+        "podSpec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}, root=True)
+    def schema_errors(spec: dict) -> int:
+        obj = {"apiVersion": "a/v1", "kind": "K", "metadata": {"name": "x", "labels": {"a": "b"}}, "spec": spec}
+        return len(list(jsonschema.Draft7Validator(schema).iter_errors(obj)))
+    if schema_errors({"replicas": None, "port": "http", "podSpec": {"anything": 1}}) != 0:
+        problems.append("the CRD schema check rejected nullable, int-or-string or preserved fields")
+    if schema_errors({"replicas": "two", "port": 1.5, "replica": 1}) != 3:
+        problems.append("the CRD schema check missed a wrong type, a non-int-or-string or an unknown field")
     changed = copy.deepcopy(base)
     for o in changed:
         if key(o) == ("Service", NAMESPACE, "coscale-control"):
