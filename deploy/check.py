@@ -218,15 +218,23 @@ def is_custom(obj: dict) -> bool:
     return obj.get("apiVersion") == SELDON_API
 
 
-def structural(schema: Any, root: bool = False) -> Any:
+def structural(schema: Any, root: bool = False, in_logic: bool = False) -> Any:
     """A CRD's openAPIV3Schema as JSON Schema with the API server's strict field
     validation: unknown fields are errors unless x-kubernetes-preserve-unknown-fields,
-    `nullable` admits null, int-or-string admits both."""
+    `nullable` admits null, int-or-string admits both. Inside anyOf/oneOf/allOf/not,
+    `properties` only validate (structural schemas declare fields outside them)."""
     if isinstance(schema, list):
-        return [structural(s) for s in schema]
+        return [structural(s, in_logic=in_logic) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: structural(v) for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k.startswith("x-kubernetes-"):
+            continue
+        if k in ("properties", "patternProperties", "definitions") and isinstance(v, dict):
+            out[k] = {name: structural(sub, in_logic=in_logic) for name, sub in v.items()}
+        else:
+            out[k] = structural(v, in_logic=in_logic or k in ("anyOf", "oneOf", "allOf", "not"))
     if root:
         props = dict(out.get("properties", {}))
         for implicit in ("apiVersion", "kind"):
@@ -240,6 +248,7 @@ def structural(schema: Any, root: bool = False) -> Any:
         out["type"] = [out["type"], "null"]
     if (
         "properties" in out
+        and not in_logic
         and "additionalProperties" not in out
         and not schema.get("x-kubernetes-preserve-unknown-fields")
     ):
@@ -820,6 +829,12 @@ def check_self_test(base: list[dict]) -> str:
         return len(list(jsonschema.Draft7Validator(schema).iter_errors(obj)))
     if schema_errors({"replicas": None, "port": "http", "podSpec": {"anything": 1}}) != 0:
         problems.append("the CRD schema check rejected nullable, int-or-string or preserved fields")
+    branchy = structural({"type": "object", "properties": {"spec": {"type": "object",
+        "properties": {"type": {"type": "string"}, "a": {"type": "integer"}, "b": {"type": "integer"}},
+        "anyOf": [{"properties": {"a": {"minimum": 1}}}, {"required": ["b"]}]}}}, root=True)
+    ok_obj = {"apiVersion": "a/v1", "kind": "K", "metadata": {}, "spec": {"type": "x", "a": 2, "b": 0}}
+    if list(jsonschema.Draft7Validator(branchy).iter_errors(ok_obj)):
+        problems.append("the CRD schema check treats anyOf branches or a field named `type` as declarations")
     if schema_errors({"replicas": "two", "port": 1.5, "replica": 1}) != 3:
         problems.append("the CRD schema check missed a wrong type, a non-int-or-string or an unknown field")
     changed = copy.deepcopy(base)
