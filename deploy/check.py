@@ -5,7 +5,7 @@ Run through deploy/check.sh (which installs the pinned tools into a venv and fin
 coscale binary). No cluster is needed or contacted:
 
 * every kustomization (base and overlays) builds with `kubectl kustomize`;
-* standard objects pass kubernetes-validate --strict for Kubernetes 1.33 and 1.37;
+* standard objects pass kubernetes-validate --strict for Kubernetes 1.27, 1.33 and 1.37;
 * Models, Servers, ServerConfigs and HPAs pass `coscale validate`; each ServerConfig's
   podSpec, wrapped in a Pod, passes kubernetes-validate --strict too;
 * the names, ports, flags and volumes of K8S-CONTRACT.md are what the manifests say;
@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "coscale"
-K8S_VERSIONS = ["1.33.0", "1.37.0"]
+K8S_VERSIONS = ["1.27.0", "1.33.0", "1.37.0"]
 SELDON_API = "mlops.seldon.io/v1alpha1"
 CRD_FILES = [
     "models.mlops.seldon.io.yaml",
