@@ -586,7 +586,8 @@ def check_helm_variants() -> str:
         problems.append("storageClassName=fast not applied")
 
     for values, expect in (
-        ({"scope": "everywhere"}, "scope must be"),
+        ({"scope": "everywhere"}, "'/scope': value must be one of 'cluster', 'namespace'"),
+        ({"keda": {"enabld": True}}, "additional properties 'enabld' not allowed"),
         ({"metricsApi": {"insecureSkipTLSVerify": False}}, "needs metricsApi.caBundle"),
     ):
         try:

@@ -45,11 +45,9 @@ capabilities:
 {{ .Values.watchNamespace | default .Release.Namespace }}
 {{- end }}
 
-{{/* Fails the render on values that cannot work. */}}
+{{/* Fails the render on combinations of values that cannot work (single values are
+   checked by values.schema.json). */}}
 {{- define "coscale.checkValues" -}}
-{{- if not (has .Values.scope (list "cluster" "namespace")) }}
-{{- fail (printf "scope must be \"cluster\" or \"namespace\", found %q" .Values.scope) }}
-{{- end }}
 {{- if and .Values.metricsApi.enabled (not .Values.metricsApi.insecureSkipTLSVerify) (not .Values.metricsApi.caBundle) (not (hasKey .Values.metricsApi.annotations "cert-manager.io/inject-ca-from")) }}
 {{- fail "metricsApi.insecureSkipTLSVerify=false needs metricsApi.caBundle or a cert-manager.io/inject-ca-from annotation in metricsApi.annotations" }}
 {{- end }}
