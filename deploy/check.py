@@ -541,6 +541,8 @@ def check_helm_variants() -> str:
         problems.append("scope=namespace: expected Role+RoleBinding coscale-operator in `models` and no ClusterRole")
     elif binding["subjects"] != [{"kind": "ServiceAccount", "name": "coscale-operator", "namespace": ns}]:
         problems.append(f"scope=namespace: RoleBinding subjects {binding['subjects']}")
+    if ("Role", ns, "coscale-operator-serverconfigs") not in o or ("RoleBinding", ns, "coscale-operator-serverconfigs") not in o:
+        problems.append(f"scope=namespace: the operator cannot read the default ServerConfigs in {ns}")
     args = containers(o[("Deployment", ns, "coscale-operator")])[0]["args"]
     if args[-2:] != ["--namespace", "models"]:
         problems.append(f"scope=namespace: operator args {args} lack --namespace models")
