@@ -673,6 +673,12 @@ def check_docs(base: list[dict]) -> str:
             problems.append(str(e))
         counted["objects"] += len(standard)
 
+    for path in sorted(set(re.findall(r"(?<![\w/.-])((?:deploy|docs|crates|\.ci)/[\w./-]*[\w])", text))):
+        if path.startswith("deploy/coscale-"):
+            continue  # kubectl's deploy/NAME (a Deployment), not a path
+        if not (ROOT / path).exists():
+            problems.append(f"docs/kubernetes.md names {path}, which does not exist")
+
     fixtures = shared_fixtures()
     wanted = sorted((fixtures / "hpa").glob("*.yaml")) + [
         fixtures / "seldon-manifests" / "servers-mlserver1.yaml",
