@@ -36,11 +36,7 @@ impl Target {
     pub fn client(&self) -> anyhow::Result<Client> {
         let (endpoints, token) = match (&self.api, &self.token) {
             (Some(api), Some(token)) => (
-                coscale_client::api_endpoints(
-                    api,
-                    self.router.clone(),
-                    self.router_grpc.clone(),
-                ),
+                coscale_client::api_endpoints(api, self.router.clone(), self.router_grpc.clone()),
                 token.clone(),
             ),
             (Some(_), None) => bail!("--api needs --token (or COSCALE_TOKEN)"),

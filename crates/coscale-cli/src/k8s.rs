@@ -19,11 +19,19 @@ pub struct CrdsArgs {
 #[derive(Debug, clap::Args)]
 pub struct OperatorArgs {
     /// The control plane's REST API.
-    #[arg(long, env = "COSCALE_CONTROL_PLANE_URL", default_value = "http://coscale-control:9004")]
+    #[arg(
+        long,
+        env = "COSCALE_CONTROL_PLANE_URL",
+        default_value = "http://coscale-control:9004"
+    )]
     pub control_plane_url: String,
     /// Bearer token file for the control plane (a projected ServiceAccount token with
     /// audience `coscale`; re-read before every call).
-    #[arg(long, env = "COSCALE_TOKEN_FILE", default_value = "/var/run/secrets/coscale/token")]
+    #[arg(
+        long,
+        env = "COSCALE_TOKEN_FILE",
+        default_value = "/var/run/secrets/coscale/token"
+    )]
     pub token_file: PathBuf,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long)]
@@ -53,7 +61,8 @@ pub fn crds(a: CrdsArgs) -> anyhow::Result<ExitCode> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         for (name, yaml) in &files {
             let path = dir.join(name);
-            std::fs::write(&path, yaml).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, yaml)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             println!("wrote {}", path.display());
         }
     }
@@ -62,7 +71,10 @@ pub fn crds(a: CrdsArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn operator(a: OperatorArgs) -> anyhow::Result<ExitCode> {
     if !(a.resync_seconds.is_finite() && a.resync_seconds > 0.0) {
-        anyhow::bail!("--resync-seconds must be a positive number, got {}", a.resync_seconds);
+        anyhow::bail!(
+            "--resync-seconds must be a positive number, got {}",
+            a.resync_seconds
+        );
     }
     operator::run(OperatorConfig {
         control_plane_url: a.control_plane_url,

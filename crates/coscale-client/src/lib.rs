@@ -47,7 +47,11 @@ pub fn read_endpoints(dir: &Path) -> anyhow::Result<(Endpoints, String)> {
 }
 
 /// Endpoints of a control plane known only by its API URL.
-pub fn api_endpoints(api: &str, router_http: Option<String>, router_grpc: Option<String>) -> Endpoints {
+pub fn api_endpoints(
+    api: &str,
+    router_http: Option<String>,
+    router_grpc: Option<String>,
+) -> Endpoints {
     let api = api.trim_end_matches('/');
     Endpoints {
         api: api.to_owned(),

@@ -55,13 +55,21 @@ pub type SpecFields = Map<String, Value>;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"ModelReady\")].status"
     ),
-    printcolumn(name = "Desired Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(
+        name = "Desired Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas"
+    ),
     printcolumn(
         name = "Available Replicas",
         type_ = "integer",
         json_path = ".status.availableReplicas"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct ModelSpec {
     #[serde(flatten)]
@@ -95,7 +103,11 @@ pub struct ModelSpec {
         type_ = "integer",
         json_path = ".status.loadedModels"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct ServerSpec {
     #[serde(flatten)]
@@ -112,7 +124,11 @@ pub struct ServerSpec {
     namespaced,
     shortname = "mlsc",
     schema = "manual",
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct ServerConfigSpec {
     #[serde(flatten)]
@@ -217,7 +233,11 @@ impl Transform for KubernetesShapes {
         obj.remove("$schema");
         // `Option<T>` where T has no `type` (int-or-string): anyOf [T, {type: null}].
         if let Some(Value::Array(any_of)) = obj.get("anyOf") {
-            let not_null: Vec<Value> = any_of.iter().filter(|v| !is_null_schema(v)).cloned().collect();
+            let not_null: Vec<Value> = any_of
+                .iter()
+                .filter(|v| !is_null_schema(v))
+                .cloned()
+                .collect();
             if not_null.len() == 1 && any_of.len() == 2 {
                 obj.remove("anyOf");
                 if let Value::Object(inner) = &not_null[0] {
@@ -276,7 +296,12 @@ fn schema_of<T: JsonSchema>() -> Value {
 
 /// The `openAPIV3Schema` of a kind: `apiVersion`, `kind`, `metadata` (checked by the API
 /// server itself), the spec shape, the status, and whole-object CEL rules.
-fn object_schema(description: &str, spec: Value, status: Option<Value>, rules: &[CelRule]) -> Value {
+fn object_schema(
+    description: &str,
+    spec: Value,
+    status: Option<Value>,
+    rules: &[CelRule],
+) -> Value {
     let mut properties = BTreeMap::new();
     properties.insert("apiVersion", json!({ "type": "string" }));
     properties.insert("kind", json!({ "type": "string" }));
@@ -344,6 +369,29 @@ pub fn server_config_schema() -> Value {
         &[DNS1123_LABEL_NAME_RULE],
     )
 }
+
+/// kube's derive asks the root types for their schema (`schema = "manual"`): the
+/// object schemas above, also set on the CRDs by [`crds`] without schemars' root `title`.
+macro_rules! root_schema {
+    ($kind:ty, $name:literal, $schema:ident) => {
+        impl JsonSchema for $kind {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> Schema {
+                match $schema() {
+                    Value::Object(map) => map.into(),
+                    _ => Schema::default(),
+                }
+            }
+        }
+    };
+}
+
+root_schema!(Model, "Model", model_schema);
+root_schema!(Server, "Server", server_schema);
+root_schema!(ServerConfig, "ServerConfig", server_config_schema);
 
 /// The three CRDs, in the order Model, Server, ServerConfig.
 pub fn crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {

@@ -72,7 +72,10 @@ pub fn model_selector(model: &str) -> String {
 fn merge_named(base: &mut Vec<Value>, over: &[Value], merge: fn(&mut Value, &Value)) {
     for item in over {
         let name = item.get("name");
-        match base.iter_mut().find(|b| name.is_some() && b.get("name") == name) {
+        match base
+            .iter_mut()
+            .find(|b| name.is_some() && b.get("name") == name)
+        {
             Some(existing) => merge(existing, item),
             None => base.push(item.clone()),
         }
@@ -97,7 +100,11 @@ fn merge_container(base: &mut Value, over: &Value) {
     };
     for (k, v) in o {
         match (k.as_str(), b.get_mut(k), v) {
-            ("env" | "volumeMounts" | "ports", Some(Value::Array(existing)), Value::Array(items)) => {
+            (
+                "env" | "volumeMounts" | "ports",
+                Some(Value::Array(existing)),
+                Value::Array(items),
+            ) => {
                 merge_named(existing, items, replace_fields);
             }
             _ => {
@@ -211,11 +218,14 @@ pub fn server_pod_spec(
     configure_agent(agent, server, settings);
     let volumes = pod.volumes.get_or_insert_with(Vec::new);
     volumes.retain(|v| v.name != TOKEN_VOLUME);
-    volumes.push(serde_json::from_value(json!({
-        "name": TOKEN_VOLUME,
-        "projected": {"sources": [{"serviceAccountToken": {
-            "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}
-    })).map_err(|e| format!("token volume: {e}"))?);
+    volumes.push(
+        serde_json::from_value(json!({
+            "name": TOKEN_VOLUME,
+            "projected": {"sources": [{"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}
+        }))
+        .map_err(|e| format!("token volume: {e}"))?,
+    );
     pod.termination_grace_period_seconds
         .get_or_insert(DEFAULT_GRACE_SECONDS);
     Ok(pod)
@@ -227,15 +237,33 @@ fn configure_agent(agent: &mut Container, server: &ServerSettings, settings: &Po
         .iter()
         .find(|e| e.name == "COSCALE_CAPABILITIES")
         .and_then(|e| e.value.clone());
-    set_env(env, "COSCALE_CONTROL_PLANE", Some(settings.agent_control_plane.clone()), None);
-    set_env(env, "COSCALE_TOKEN_FILE", Some(format!("{TOKEN_DIR}/token")), None);
-    set_env(env, "COSCALE_SERVER", Some(server.name.as_str().to_owned()), None);
+    set_env(
+        env,
+        "COSCALE_CONTROL_PLANE",
+        Some(settings.agent_control_plane.clone()),
+        None,
+    );
+    set_env(
+        env,
+        "COSCALE_TOKEN_FILE",
+        Some(format!("{TOKEN_DIR}/token")),
+        None,
+    );
+    set_env(
+        env,
+        "COSCALE_SERVER",
+        Some(server.name.as_str().to_owned()),
+        None,
+    );
     set_env(env, "POD_NAME", None, Some(field_ref("metadata.name")));
     set_env(env, "POD_IP", None, Some(field_ref("status.podIP")));
     if let Some(caps) = agent_capabilities(server, current_caps.as_deref()) {
         set_env(env, "COSCALE_CAPABILITIES", Some(caps), None);
     }
-    for (name, port) in [("COSCALE_HTTP_ADDR", AGENT_HTTP_PORT), ("COSCALE_GRPC_ADDR", AGENT_GRPC_PORT)] {
+    for (name, port) in [
+        ("COSCALE_HTTP_ADDR", AGENT_HTTP_PORT),
+        ("COSCALE_GRPC_ADDR", AGENT_GRPC_PORT),
+    ] {
         if !env.iter().any(|e| e.name == name) {
             set_env(env, name, Some(format!("0.0.0.0:{port}")), None);
         }
@@ -303,7 +331,10 @@ pub fn statefulset(
     let name = server.name.as_str();
     let pod = server_pod_spec(server, config, settings)?;
     let mut template_labels = server_labels(name);
-    template_labels.insert("app.kubernetes.io/name".to_owned(), "coscale-server".to_owned());
+    template_labels.insert(
+        "app.kubernetes.io/name".to_owned(),
+        "coscale-server".to_owned(),
+    );
     let claims = config
         .volume_claim_templates
         .iter()
@@ -325,7 +356,7 @@ pub fn statefulset(
         })?;
     Ok(StatefulSet {
         metadata: object_meta(name, namespace, name, owner),
-        spec: Some(StatefulSetSpec {
+        spec: StatefulSetSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(server_labels(name)),
@@ -343,7 +374,7 @@ pub fn statefulset(
             volume_claim_templates: (!claims.is_empty()).then_some(claims),
             persistent_volume_claim_retention_policy: retention,
             ..StatefulSetSpec::default()
-        }),
+        },
         status: None,
     })
 }
@@ -359,7 +390,12 @@ pub fn replica_ordinal(server: &str, name: &str) -> Option<u32> {
 }
 
 /// One headless Service per replica, `<server>-<i>`, selecting that pod.
-pub fn services(server: &str, namespace: &str, replicas: u32, owner: &OwnerReference) -> Vec<Service> {
+pub fn services(
+    server: &str,
+    namespace: &str,
+    replicas: u32,
+    owner: &OwnerReference,
+) -> Vec<Service> {
     (0..replicas)
         .map(|i| {
             let name = replica_name(server, i);
@@ -368,7 +404,11 @@ pub fn services(server: &str, namespace: &str, replicas: u32, owner: &OwnerRefer
                 spec: Some(ServiceSpec {
                     cluster_ip: Some("None".to_owned()),
                     selector: Some(
-                        [("statefulset.kubernetes.io/pod-name".to_owned(), name.clone())].into(),
+                        [(
+                            "statefulset.kubernetes.io/pod-name".to_owned(),
+                            name.clone(),
+                        )]
+                        .into(),
                     ),
                     ports: Some(
                         [("http", AGENT_HTTP_PORT), ("grpc", AGENT_GRPC_PORT)]
@@ -390,7 +430,11 @@ pub fn services(server: &str, namespace: &str, replicas: u32, owner: &OwnerRefer
 }
 
 /// Services of a Server whose ordinal is at or above the replica count (to delete).
-pub fn surplus_services<'a>(server: &str, names: impl IntoIterator<Item = &'a str>, replicas: u32) -> Vec<String> {
+pub fn surplus_services<'a>(
+    server: &str,
+    names: impl IntoIterator<Item = &'a str>,
+    replicas: u32,
+) -> Vec<String> {
     names
         .into_iter()
         .filter(|n| replica_ordinal(server, n).is_some_and(|o| o >= replicas))
@@ -402,12 +446,12 @@ pub fn surplus_services<'a>(server: &str, names: impl IntoIterator<Item = &'a st
 /// patches the Server's replicas).
 pub fn hpa_targets_server(hpas: &[HorizontalPodAutoscaler], name: &str) -> bool {
     hpas.iter().any(|h| {
-        h.spec.as_ref().is_some_and(|s| {
-            let t = &s.scale_target_ref;
-            t.kind == "Server"
-                && t.name == name
-                && t.api_version.as_deref().is_none_or(|v| v.starts_with(&format!("{GROUP}/")))
-        })
+        let t = &h.spec.scale_target_ref;
+        t.kind == "Server"
+            && t.name == name
+            && t.api_version
+                .as_deref()
+                .is_none_or(|v| v.starts_with(&format!("{GROUP}/")))
     })
 }
 
@@ -465,17 +509,39 @@ pub fn model_status(
     observed_generation: Option<i64>,
     now: &str,
 ) -> ModelStatus {
-    let prev = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let prev = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
     let latest = model
         .replicas
         .iter()
         .filter(|r| r.version == model.version && r.state != "Unloading")
         .count();
     let ready = model.state == "ModelAvailable";
-    let message = if model.reason.is_empty() { model.state.clone() } else { model.reason.clone() };
+    let message = if model.reason.is_empty() {
+        model.state.clone()
+    } else {
+        model.reason.clone()
+    };
     let mut conditions = Vec::new();
-    set_condition(&mut conditions, prev, "ModelReady", ready, &model.state, &message, now);
-    set_condition(&mut conditions, prev, "Ready", ready, &model.state, &message, now);
+    set_condition(
+        &mut conditions,
+        prev,
+        "ModelReady",
+        ready,
+        &model.state,
+        &message,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        prev,
+        "Ready",
+        ready,
+        &model.state,
+        &message,
+        now,
+    );
     ModelStatus {
         replicas: i32::try_from(latest).unwrap_or(i32::MAX),
         available_replicas: i32::try_from(model.available_replicas).unwrap_or(i32::MAX),
@@ -497,8 +563,24 @@ pub fn failed_conditions(
     now: &str,
 ) -> Vec<Condition> {
     let mut conditions = Vec::new();
-    set_condition(&mut conditions, previous, first, false, reason, message, now);
-    set_condition(&mut conditions, previous, "Ready", false, reason, message, now);
+    set_condition(
+        &mut conditions,
+        previous,
+        first,
+        false,
+        reason,
+        message,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        previous,
+        "Ready",
+        false,
+        reason,
+        message,
+        now,
+    );
     conditions
 }
 
@@ -516,22 +598,47 @@ pub struct ServerObservation {
 
 /// Server status: `StatefulSetReady` True iff the StatefulSet has as many ready pods as
 /// the spec wants; `Ready` True iff that holds and the control plane knows the Server.
-pub fn server_status(previous: Option<&ServerStatus>, name: &str, obs: &ServerObservation, now: &str) -> ServerStatus {
-    let prev = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+pub fn server_status(
+    previous: Option<&ServerStatus>,
+    name: &str,
+    obs: &ServerObservation,
+    now: &str,
+) -> ServerStatus {
+    let prev = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
     let replicas = i32::try_from(obs.replicas).unwrap_or(i32::MAX);
     let sts_ready = obs.ready_replicas >= replicas;
     let mut conditions = Vec::new();
     let (reason, message) = if sts_ready {
-        ("StatefulSetReady", "StatefulSet replicas matches desired replicas".to_owned())
+        (
+            "StatefulSetReady",
+            "StatefulSet replicas matches desired replicas".to_owned(),
+        )
     } else {
         (
             "StatefulSetNotReady",
-            format!("StatefulSet has {} ready of {replicas} desired replicas", obs.ready_replicas),
+            format!(
+                "StatefulSet has {} ready of {replicas} desired replicas",
+                obs.ready_replicas
+            ),
         )
     };
-    set_condition(&mut conditions, prev, "StatefulSetReady", sts_ready, reason, &message, now);
+    set_condition(
+        &mut conditions,
+        prev,
+        "StatefulSetReady",
+        sts_ready,
+        reason,
+        &message,
+        now,
+    );
     let (ok, reason, message) = match (&obs.control, sts_ready) {
-        (None, _) => (false, "ControlPlaneUnknown", "the control plane has no such Server yet".to_owned()),
+        (None, _) => (
+            false,
+            "ControlPlaneUnknown",
+            "the control plane has no such Server yet".to_owned(),
+        ),
         (Some(_), false) => (false, reason, message.clone()),
         (Some(_), true) => (true, "ServerReady", "every replica is ready".to_owned()),
     };
@@ -598,7 +705,10 @@ mod tests {
             "metadata": {"name": "s"},
             "spec": {"serverConfig": "c", "capabilities": caps, "extraCapabilities": extra}})
         .to_string();
-        match coscale_core::resources::parse_manifests("t", &text).unwrap().remove(0) {
+        match coscale_core::resources::parse_manifests("t", &text)
+            .unwrap()
+            .remove(0)
+        {
             coscale_core::resources::Resource::Server(s) => s,
             other => panic!("{other:?}"),
         }
@@ -606,9 +716,18 @@ mod tests {
 
     #[test]
     fn capabilities_replace_and_extra_capabilities_append() {
-        assert_eq!(agent_capabilities(&server(&["a", "b"], &["x"]), Some("m")), Some("a,b".into()));
-        assert_eq!(agent_capabilities(&server(&[], &["x"]), Some("m, x")), Some("m,x".into()));
-        assert_eq!(agent_capabilities(&server(&[], &["x"]), None), Some("x".into()));
+        assert_eq!(
+            agent_capabilities(&server(&["a", "b"], &["x"]), Some("m")),
+            Some("a,b".into())
+        );
+        assert_eq!(
+            agent_capabilities(&server(&[], &["x"]), Some("m, x")),
+            Some("m,x".into())
+        );
+        assert_eq!(
+            agent_capabilities(&server(&[], &["x"]), None),
+            Some("x".into())
+        );
         assert_eq!(agent_capabilities(&server(&[], &[]), Some("m")), None);
     }
 
@@ -620,24 +739,53 @@ mod tests {
             pod_spec: json!({"containers": [{"name": "mlserver", "image": "x"}]}),
             volume_claim_templates: vec![],
         };
-        let settings = PodSettings { agent_control_plane: "http://cp:9005".into() };
+        let settings = PodSettings {
+            agent_control_plane: "http://cp:9005".into(),
+        };
         let e = server_pod_spec(&server(&[], &[]), &cfg, &settings).unwrap_err();
         assert!(e.contains("no container named \"agent\""), "{e}");
-        let bad = ConfigSettings { pod_spec: json!({"containers": "agent"}), ..cfg };
+        let bad = ConfigSettings {
+            pod_spec: json!({"containers": "agent"}),
+            ..cfg
+        };
         let e = server_pod_spec(&server(&[], &[]), &bad, &settings).unwrap_err();
         assert!(e.contains("not a valid PodSpec"), "{e}");
     }
 
     #[test]
     fn scale_decisions_follow_the_target_within_bounds() {
-        let s = |replicas, min, max| Scaling { replicas, min_replicas: min, max_replicas: max };
+        let s = |replicas, min, max| Scaling {
+            replicas,
+            min_replicas: min,
+            max_replicas: max,
+        };
         assert_eq!(scale_decision(s(1, 1, Some(4)), Some(3)), Some(3));
         assert_eq!(scale_decision(s(3, 1, Some(4)), Some(2)), Some(2));
-        assert_eq!(scale_decision(s(3, 1, Some(4)), Some(3)), None, "nothing pending");
-        assert_eq!(scale_decision(s(3, 1, Some(4)), None), None, "no scaleTarget");
-        assert_eq!(scale_decision(s(3, 1, Some(4)), Some(5)), None, "above maxReplicas");
-        assert_eq!(scale_decision(s(3, 2, Some(4)), Some(1)), None, "below minReplicas");
-        assert_eq!(scale_decision(s(1, 0, None), Some(7)), Some(7), "no max: unbounded");
+        assert_eq!(
+            scale_decision(s(3, 1, Some(4)), Some(3)),
+            None,
+            "nothing pending"
+        );
+        assert_eq!(
+            scale_decision(s(3, 1, Some(4)), None),
+            None,
+            "no scaleTarget"
+        );
+        assert_eq!(
+            scale_decision(s(3, 1, Some(4)), Some(5)),
+            None,
+            "above maxReplicas"
+        );
+        assert_eq!(
+            scale_decision(s(3, 2, Some(4)), Some(1)),
+            None,
+            "below minReplicas"
+        );
+        assert_eq!(
+            scale_decision(s(1, 0, None), Some(7)),
+            Some(7),
+            "no max: unbounded"
+        );
         assert_eq!(scale_target(&json!({"scaleTarget": 2})), Some(2));
         assert_eq!(scale_target(&json!({"name": "s"})), None);
     }
@@ -650,9 +798,18 @@ mod tests {
             .unwrap()
         };
         let sv = "mlops.seldon.io/v1alpha1";
-        assert!(hpa_targets_server(&[hpa("Model", "s", sv), hpa("Server", "s", sv)], "s"));
-        assert!(!hpa_targets_server(&[hpa("Model", "s", sv), hpa("Server", "t", sv)], "s"));
-        assert!(!hpa_targets_server(&[hpa("Server", "s", "example.com/v1")], "s"));
+        assert!(hpa_targets_server(
+            &[hpa("Model", "s", sv), hpa("Server", "s", sv)],
+            "s"
+        ));
+        assert!(!hpa_targets_server(
+            &[hpa("Model", "s", sv), hpa("Server", "t", sv)],
+            "s"
+        ));
+        assert!(!hpa_targets_server(
+            &[hpa("Server", "s", "example.com/v1")],
+            "s"
+        ));
         assert!(!hpa_targets_server(&[], "s"));
     }
 
@@ -660,7 +817,10 @@ mod tests {
     fn services_are_one_per_replica_and_surplus_ones_are_found() {
         let o = owner("s", "u");
         let svcs = services("s", "ns", 2, &o);
-        let names: Vec<_> = svcs.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = svcs
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(names, ["s-0", "s-1"]);
         assert_eq!(
             surplus_services("s", ["s-0", "s-1", "s-2", "s-10", "s-x", "other-3"], 2),
@@ -673,13 +833,37 @@ mod tests {
     #[test]
     fn conditions_keep_their_transition_time_until_the_status_flips() {
         let mut first = Vec::new();
-        set_condition(&mut first, &[], "Ready", false, "ScheduleFailed", "no server", "t1");
+        set_condition(
+            &mut first,
+            &[],
+            "Ready",
+            false,
+            "ScheduleFailed",
+            "no server",
+            "t1",
+        );
         let mut second = Vec::new();
-        set_condition(&mut second, &first, "Ready", false, "ModelProgressing", "loading", "t2");
+        set_condition(
+            &mut second,
+            &first,
+            "Ready",
+            false,
+            "ModelProgressing",
+            "loading",
+            "t2",
+        );
         assert_eq!(second[0].last_transition_time.as_deref(), Some("t1"));
         assert_eq!(second[0].reason.as_deref(), Some("ModelProgressing"));
         let mut third = Vec::new();
-        set_condition(&mut third, &second, "Ready", true, "ModelAvailable", "", "t3");
+        set_condition(
+            &mut third,
+            &second,
+            "Ready",
+            true,
+            "ModelAvailable",
+            "",
+            "t3",
+        );
         assert_eq!(third[0].last_transition_time.as_deref(), Some("t3"));
         assert_eq!(third[0].message, None);
     }
@@ -694,7 +878,10 @@ mod tests {
         };
         let known = Some(json!({"name": "s", "loaded_models": 3}));
         let st = server_status(None, "s", &obs(2, known.clone()), "t");
-        assert_eq!((st.replicas, st.loaded_models, st.observed_generation), (2, 3, Some(4)));
+        assert_eq!(
+            (st.replicas, st.loaded_models, st.observed_generation),
+            (2, 3, Some(4))
+        );
         assert!(st.conditions.iter().all(|c| c.status == "True"), "{st:?}");
         let st = server_status(None, "s", &obs(1, known), "t");
         assert!(st.conditions.iter().all(|c| c.status == "False"));

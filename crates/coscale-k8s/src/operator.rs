@@ -77,13 +77,16 @@ pub async fn run(config: OperatorConfig) -> anyhow::Result<()> {
         .context("cannot configure the Kubernetes client (in-cluster or KUBECONFIG)")?;
     let endpoints = coscale_client::api_endpoints(&config.control_plane_url, None, None);
     let control = coscale_client::Client::with_token_file(endpoints, config.token_file.clone());
-    let agent_control_plane = config.agent_control_plane.clone().unwrap_or_else(|| {
-        format!("http://coscale-control.{}:9005", config.install_namespace)
-    });
+    let agent_control_plane = config
+        .agent_control_plane
+        .clone()
+        .unwrap_or_else(|| format!("http://coscale-control.{}:9005", config.install_namespace));
     let ctx = Arc::new(Context {
         kube: kube.clone(),
         control,
-        pods: PodSettings { agent_control_plane },
+        pods: PodSettings {
+            agent_control_plane,
+        },
         config_namespace: Some(config.install_namespace.clone()),
         resync: config.resync,
     });

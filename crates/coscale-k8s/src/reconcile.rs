@@ -71,7 +71,10 @@ fn now() -> String {
 }
 
 fn namespace_of<K: kube::Resource>(obj: &K) -> String {
-    obj.meta().namespace.clone().unwrap_or_else(|| "default".to_owned())
+    obj.meta()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
 }
 
 fn ssa() -> PatchParams {
@@ -88,7 +91,12 @@ fn manifest_request(source: String, objects: &[Value]) -> ManifestRequest {
 }
 
 /// Writes a status with server-side apply on the status subresource.
-async fn apply_status<K>(api: &Api<K>, name: &str, kind: &str, status: &impl serde::Serialize) -> Result<(), Error>
+async fn apply_status<K>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -116,10 +124,21 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-async fn model_failed(api: &Api<Model>, model: &Model, reason: &str, message: &str) -> Result<(), Error> {
+async fn model_failed(
+    api: &Api<Model>,
+    model: &Model,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
     let prev = model.status.clone().unwrap_or_default();
     let status = ModelStatus {
-        conditions: desired::failed_conditions(&prev.conditions, "ModelReady", reason, message, &now()),
+        conditions: desired::failed_conditions(
+            &prev.conditions,
+            "ModelReady",
+            reason,
+            message,
+            &now(),
+        ),
         ..prev
     };
     apply_status(api, &model.name_any(), "Model", &status).await
@@ -138,7 +157,11 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
     }
     let generation = model.metadata.generation;
     let applied = model.status.as_ref().and_then(|s| s.observed_generation);
-    let mut known = ctx.control.find_model(&name).await.map_err(Error::Control)?;
+    let mut known = ctx
+        .control
+        .find_model(&name)
+        .await
+        .map_err(Error::Control)?;
     if known.is_none() || applied != generation {
         let src = spec::source("Model", &model.metadata);
         let body = spec::manifest("Model", &model.metadata, &model.spec.fields);
@@ -147,10 +170,20 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
             return Ok(Action::requeue(ctx.resync));
         }
         info!(model = %name, ?generation, "applied to the control plane");
-        known = ctx.control.find_model(&name).await.map_err(Error::Control)?;
+        known = ctx
+            .control
+            .find_model(&name)
+            .await
+            .map_err(Error::Control)?;
     }
     let Some(cp) = known else {
-        model_failed(api, model, "ControlPlaneUnknown", "the control plane has no such model").await?;
+        model_failed(
+            api,
+            model,
+            "ControlPlaneUnknown",
+            "the control plane has no such model",
+        )
+        .await?;
         return Ok(Action::requeue(ctx.resync));
     };
     let status = desired::model_status(model.status.as_ref(), &cp, generation, &now());
@@ -162,7 +195,13 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
 
 async fn cleanup_model(model: &Model, ctx: &Context) -> Result<Action, Error> {
     let name = model.name_any();
-    if ctx.control.find_model(&name).await.map_err(Error::Control)?.is_none() {
+    if ctx
+        .control
+        .find_model(&name)
+        .await
+        .map_err(Error::Control)?
+        .is_none()
+    {
         info!(model = %name, "gone from the control plane; finalizer removed");
         return Ok(Action::await_change());
     }
@@ -172,7 +211,12 @@ async fn cleanup_model(model: &Model, ctx: &Context) -> Result<Action, Error> {
         .delete_manifest(&manifest_request(src, &[body]))
         .await
         .map_err(Error::Control)?;
-    match ctx.control.find_model(&name).await.map_err(Error::Control)? {
+    match ctx
+        .control
+        .find_model(&name)
+        .await
+        .map_err(Error::Control)?
+    {
         None => Ok(Action::await_change()),
         Some(m) => Err(Error::Pending(format!(
             "model {name} is still in the control plane ({}); waiting for the unload",
@@ -196,18 +240,33 @@ pub async fn reconcile_server(server: Arc<Server>, ctx: Arc<Context>) -> Result<
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-async fn server_failed(api: &Api<Server>, server: &Server, reason: &str, message: &str) -> Result<(), Error> {
+async fn server_failed(
+    api: &Api<Server>,
+    server: &Server,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
     warn!(server = %server.name_any(), reason, detail = message, "server not reconciled");
     let prev = server.status.clone().unwrap_or_default();
     let status = ServerStatus {
-        conditions: desired::failed_conditions(&prev.conditions, "StatefulSetReady", reason, message, &now()),
+        conditions: desired::failed_conditions(
+            &prev.conditions,
+            "StatefulSetReady",
+            reason,
+            message,
+            &now(),
+        ),
         ..prev
     };
     apply_status(api, &server.name_any(), "Server", &status).await
 }
 
 /// The Server's ServerConfig: in the Server's namespace, else in the install's.
-async fn find_server_config(ctx: &Context, ns: &str, name: &str) -> Result<Option<ServerConfig>, Error> {
+async fn find_server_config(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<ServerConfig>, Error> {
     let local: Api<ServerConfig> = Api::namespaced(ctx.kube.clone(), ns);
     if let Some(c) = local.get_opt(name).await? {
         return Ok(Some(c));
@@ -274,7 +333,9 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
     let services: Api<Service> = Api::namespaced(ctx.kube.clone(), &ns);
     for svc in desired::services(&name, &ns, replicas, &owner) {
         let svc_name = svc.metadata.name.clone().unwrap_or_default();
-        services.patch(&svc_name, &ssa(), &Patch::Apply(&svc)).await?;
+        services
+            .patch(&svc_name, &ssa(), &Patch::Apply(&svc))
+            .await?;
     }
     let existing = services
         .list(&ListParams::default().labels(&desired::server_selector(&name)))
@@ -284,7 +345,9 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
         services.delete(&surplus, &DeleteParams::default()).await?;
     }
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.kube.clone(), &ns);
-    let applied = statefulsets.patch(&name, &ssa(), &Patch::Apply(&sts)).await?;
+    let applied = statefulsets
+        .patch(&name, &ssa(), &Patch::Apply(&sts))
+        .await?;
     let ready = applied
         .status
         .as_ref()
@@ -295,15 +358,22 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
         .find_json(&format!("/api/v1/servers/{name}"))
         .await
         .map_err(Error::Control)?;
-    if let Some(target) = desired::scale_decision(settings.scaling, control.as_ref().and_then(desired::scale_target)) {
+    if let Some(target) = desired::scale_decision(
+        settings.scaling,
+        control.as_ref().and_then(desired::scale_target),
+    ) {
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.kube.clone(), &ns);
         let list = hpas.list(&ListParams::default()).await?;
         if desired::hpa_targets_server(&list.items, &name) {
             info!(server = %name, target, "an HPA targets this Server; its scale decision is left to the HPA");
         } else {
             info!(server = %name, from = replicas, to = target, "scaling the Server");
-            api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": target}})))
-                .await?;
+            api.patch_scale(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"replicas": target}})),
+            )
+            .await?;
         }
     }
     let obs = ServerObservation {
@@ -334,7 +404,11 @@ async fn cleanup_server(server: &Server, ctx: &Context) -> Result<Action, Error>
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.kube.clone(), &ns);
     if statefulsets.get_opt(&name).await?.is_some() {
         statefulsets
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 0}})))
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"replicas": 0}})),
+            )
             .await?;
     }
     let src = spec::source("Server", &server.metadata);
@@ -343,7 +417,12 @@ async fn cleanup_server(server: &Server, ctx: &Context) -> Result<Action, Error>
         .delete_manifest(&manifest_request(src, &[body]))
         .await
         .map_err(Error::Control)?;
-    match ctx.control.find_json::<Value>(&path).await.map_err(Error::Control)? {
+    match ctx
+        .control
+        .find_json::<Value>(&path)
+        .await
+        .map_err(Error::Control)?
+    {
         None => Ok(Action::await_change()),
         Some(_) => Err(Error::Pending(format!(
             "server {name} is still in the control plane; waiting for its replicas to drain"

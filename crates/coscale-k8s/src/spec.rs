@@ -73,7 +73,9 @@ pub fn k8s_object_name_is_valid(name: &str) -> bool {
             let b = part.as_bytes();
             let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
             match (b.first(), b.last()) {
-                (Some(f), Some(l)) => alnum(f) && alnum(l) && b.iter().all(|c| alnum(c) || *c == b'-'),
+                (Some(f), Some(l)) => {
+                    alnum(f) && alnum(l) && b.iter().all(|c| alnum(c) || *c == b'-')
+                }
                 _ => false,
             }
         })
@@ -88,7 +90,17 @@ mod tests {
         for ok in ["iris", "a", "iris.v2", "m-1.x-2", &"a".repeat(253)] {
             assert!(k8s_object_name_is_valid(ok), "{ok}");
         }
-        for bad in ["", "Iris", "iris_v2", "-a", "a-", "a..b", ".a", "a.", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "Iris",
+            "iris_v2",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            &"a".repeat(254),
+        ] {
             assert!(!k8s_object_name_is_valid(bad), "{bad}");
         }
     }
@@ -108,7 +120,8 @@ mod tests {
             ),
             ..ObjectMeta::default()
         };
-        let spec: SpecFields = serde_json::from_value(json!({"storageUri": "gs://x"})).unwrap_or_default();
+        let spec: SpecFields =
+            serde_json::from_value(json!({"storageUri": "gs://x"})).unwrap_or_default();
         let m = manifest("Model", &meta, &spec);
         assert_eq!(
             m,
@@ -119,8 +132,12 @@ mod tests {
         );
         let r = validate("Model", &meta, &spec);
         assert!(matches!(r, Ok(Resource::Model(_))), "{r:?}");
-        let bad: SpecFields = serde_json::from_value(json!({"storagUri": "gs://x"})).unwrap_or_default();
+        let bad: SpecFields =
+            serde_json::from_value(json!({"storagUri": "gs://x"})).unwrap_or_default();
         let e = validate("Model", &meta, &bad).err().unwrap_or_default();
-        assert!(e.contains("Model ns1/iris") && e.contains("storagUri"), "{e}");
+        assert!(
+            e.contains("Model ns1/iris") && e.contains("storagUri"),
+            "{e}"
+        );
     }
 }

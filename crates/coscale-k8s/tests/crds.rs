@@ -57,7 +57,12 @@ fn names_subresources_and_columns_are_seldons() {
     let expect = [
         ("models.mlops.seldon.io", "Model", "mlm", true),
         ("servers.mlops.seldon.io", "Server", "mls", true),
-        ("serverconfigs.mlops.seldon.io", "ServerConfig", "mlsc", false),
+        (
+            "serverconfigs.mlops.seldon.io",
+            "ServerConfig",
+            "mlsc",
+            false,
+        ),
     ];
     for (crd, (name, kind, short, scaled)) in all.iter().zip(expect) {
         assert_eq!(crd.metadata.name.as_deref(), Some(name));
@@ -70,13 +75,20 @@ fn names_subresources_and_columns_are_seldons() {
         assert_eq!(v.name, "v1alpha1");
         assert!(v.served && v.storage);
         let sub = v.subresources.as_ref();
-        assert_eq!(sub.is_some_and(|s| s.status.is_some()), scaled, "{kind} status subresource");
+        assert_eq!(
+            sub.is_some_and(|s| s.status.is_some()),
+            scaled,
+            "{kind} status subresource"
+        );
         let scale = sub.and_then(|s| s.scale.as_ref());
         if scaled {
             let scale = scale.unwrap();
             assert_eq!(scale.spec_replicas_path, ".spec.replicas");
             assert_eq!(scale.status_replicas_path, ".status.replicas");
-            assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+            assert_eq!(
+                scale.label_selector_path.as_deref(),
+                Some(".status.selector")
+            );
         } else {
             assert!(scale.is_none());
         }
@@ -91,12 +103,17 @@ fn names_subresources_and_columns_are_seldons() {
             .collect()
     };
     let owned = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     };
     assert_eq!(
         columns(0),
         owned(&[
-            ("Ready", ".status.conditions[?(@.type==\"ModelReady\")].status"),
+            (
+                "Ready",
+                ".status.conditions[?(@.type==\"ModelReady\")].status"
+            ),
             ("Desired Replicas", ".spec.replicas"),
             ("Available Replicas", ".status.availableReplicas"),
             ("Age", ".metadata.creationTimestamp"),
@@ -120,7 +137,17 @@ fn structural_problems(node: &Value, path: &str, out: &mut Vec<String>) {
         out.push(format!("{path}: not an object"));
         return;
     };
-    for banned in ["$ref", "$schema", "definitions", "nullable", "oneOf", "anyOf", "allOf", "not", "title"] {
+    for banned in [
+        "$ref",
+        "$schema",
+        "definitions",
+        "nullable",
+        "oneOf",
+        "anyOf",
+        "allOf",
+        "not",
+        "title",
+    ] {
         if obj.contains_key(banned) {
             out.push(format!("{path}: has {banned}"));
         }
@@ -145,7 +172,9 @@ fn structural_problems(node: &Value, path: &str, out: &mut Vec<String>) {
         && !preserve
         && path != ".metadata"
     {
-        out.push(format!("{path}: object without properties that is not preserved"));
+        out.push(format!(
+            "{path}: object without properties that is not preserved"
+        ));
     }
     if obj.get("type") == Some(&json!("array")) {
         match obj.get("items") {
@@ -162,7 +191,12 @@ fn structural_problems(node: &Value, path: &str, out: &mut Vec<String>) {
         for (k, v) in props {
             structural_problems(v, &format!("{path}.{k}"), out);
         }
-        for r in obj.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for r in obj
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if !props.contains_key(r.as_str().unwrap_or_default()) {
                 out.push(format!("{path}: required {r} is not a property"));
             }
@@ -192,15 +226,24 @@ fn schemas_are_structural() {
     let m = model_schema();
     let spec = &m["properties"]["spec"];
     assert_eq!(spec["required"], json!(["storageUri"]));
-    assert_eq!(spec["properties"]["memory"], json!({"x-kubernetes-int-or-string": true}));
+    assert_eq!(
+        spec["properties"]["memory"],
+        json!({"x-kubernetes-int-or-string": true})
+    );
     assert_eq!(spec["properties"]["replicas"]["minimum"], json!(0));
-    assert_eq!(spec["properties"]["requirements"]["items"]["type"], json!("string"));
+    assert_eq!(
+        spec["properties"]["requirements"]["items"]["type"],
+        json!("string")
+    );
     let s = server_schema();
     assert_eq!(
         s["properties"]["spec"]["properties"]["podSpec"],
         json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
     );
-    assert_eq!(server_config_schema()["properties"]["spec"]["required"], json!(["podSpec"]));
+    assert_eq!(
+        server_config_schema()["properties"]["spec"]["required"],
+        json!(["podSpec"])
+    );
 }
 
 /// The schema as the API server applies it with strict field validation (see the top).
@@ -229,11 +272,16 @@ fn strict(node: &Value) -> Value {
             }
         }
     }
-    if obj.contains_key("properties") && obj.get("x-kubernetes-preserve-unknown-fields") != Some(&json!(true)) {
+    if obj.contains_key("properties")
+        && obj.get("x-kubernetes-preserve-unknown-fields") != Some(&json!(true))
+    {
         out.insert("additionalProperties".into(), json!(false));
     }
     if obj.get("x-kubernetes-int-or-string") == Some(&json!(true)) {
-        out.insert("anyOf".into(), json!([{"type": "integer"}, {"type": "string"}]));
+        out.insert(
+            "anyOf".into(),
+            json!([{"type": "integer"}, {"type": "string"}]),
+        );
     }
     Value::Object(out)
 }
@@ -259,8 +307,21 @@ fn api_server_errors(object: &Value) -> Vec<String> {
     errors
 }
 
+/// `shared/fixtures/SUB`: beside the checkout (`X/main` and `X/shared`), or two levels up
+/// for a worktree (`X/wt/NAME` and `X/shared`).
+fn fixtures_dir(sub: &str) -> PathBuf {
+    let candidates = [
+        repo().join("../shared/fixtures"),
+        repo().join("../../shared/fixtures"),
+    ];
+    let found = candidates.iter().find(|d| d.is_dir());
+    found
+        .unwrap_or_else(|| panic!("no shared/fixtures folder at {candidates:?}"))
+        .join(sub)
+}
+
 fn fixture_docs(sub: &str) -> Vec<(String, String, Vec<Value>)> {
-    let dir = repo().join("../shared/fixtures").join(sub);
+    let dir = fixtures_dir(sub);
     assert!(dir.is_dir(), "fixtures folder {} is missing", dir.display());
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -271,7 +332,9 @@ fn fixture_docs(sub: &str) -> Vec<(String, String, Vec<Value>)> {
             .filter_map(|d| {
                 let v: Value = serde::Deserialize::deserialize(d).ok()?;
                 let kind = v.get("kind")?.as_str()?;
-                ["Model", "Server", "ServerConfig"].contains(&kind).then_some(v)
+                ["Model", "Server", "ServerConfig"]
+                    .contains(&kind)
+                    .then_some(v)
             })
             .collect::<Vec<_>>();
         out.push((name, text, docs));
@@ -291,15 +354,27 @@ enum RejectedBy {
 
 const INVALID: &[(&str, RejectedBy)] = &[
     // `storagUri` is not a field, and `storageUri` is required.
-    ("models-error-bad-spec.yaml", RejectedBy::Schema("storagUri")),
+    (
+        "models-error-bad-spec.yaml",
+        RejectedBy::Schema("storagUri"),
+    ),
     // `storageUri: ""`: minLength 1.
     ("models-error-no-uri.yaml", RejectedBy::Schema("storageUri")),
     // `mlserver.name` is a DNS subdomain (fine for Kubernetes) but not a DNS-1123 label:
     // the Server CRD's CEL rule on metadata.name.
-    ("servers-mlserver-badname.yaml", RejectedBy::Schema("DNS-1123 label")),
+    (
+        "servers-mlserver-badname.yaml",
+        RejectedBy::Schema("DNS-1123 label"),
+    ),
     // Explainer models are valid Seldon shapes that coscale does not serve.
-    ("models-hf-sentiment-explainer.yaml", RejectedBy::Coscale("not supported")),
-    ("models-income-explainer.yaml", RejectedBy::Coscale("not supported")),
+    (
+        "models-hf-sentiment-explainer.yaml",
+        RejectedBy::Coscale("not supported"),
+    ),
+    (
+        "models-income-explainer.yaml",
+        RejectedBy::Coscale("not supported"),
+    ),
 ];
 
 #[test]
@@ -315,12 +390,19 @@ fn every_fixture_is_judged_as_the_api_server_and_coscale_would() {
             seen += docs.len();
             match INVALID.iter().find(|(f, _)| *f == name) {
                 None => {
-                    assert!(schema_errors.is_empty(), "{sub}/{name} must fit the CRDs:\n{}", schema_errors.join("\n"));
+                    assert!(
+                        schema_errors.is_empty(),
+                        "{sub}/{name} must fit the CRDs:\n{}",
+                        schema_errors.join("\n")
+                    );
                     assert!(coscale.is_ok(), "{sub}/{name}: {}", coscale.err().unwrap());
                 }
                 Some((_, RejectedBy::Schema(word))) => {
                     let all = schema_errors.join("\n");
-                    assert!(all.contains(word), "{name}: the API server must reject it for {word:?}, got {all:?}");
+                    assert!(
+                        all.contains(word),
+                        "{name}: the API server must reject it for {word:?}, got {all:?}"
+                    );
                     assert!(coscale.is_err(), "{name}: coscale must reject it too");
                 }
                 Some((_, RejectedBy::Coscale(word))) => {
@@ -331,7 +413,10 @@ fn every_fixture_is_judged_as_the_api_server_and_coscale_would() {
             }
         }
     }
-    assert!(seen >= 45, "only {seen} Model/Server/ServerConfig documents found");
+    assert!(
+        seen >= 45,
+        "only {seen} Model/Server/ServerConfig documents found"
+    );
 }
 
 fn model(spec: Value) -> Value {
@@ -343,18 +428,42 @@ fn model(spec: Value) -> Value {
 fn wrong_types_and_unknown_fields_are_rejected() {
     let ok = model(json!({"storageUri": "gs://x", "memory": "1Gi", "replicas": 2}));
     assert_eq!(api_server_errors(&ok), Vec::<String>::new());
-    assert_eq!(api_server_errors(&model(json!({"storageUri": "gs://x", "memory": 100}))), Vec::<String>::new());
+    assert_eq!(
+        api_server_errors(&model(json!({"storageUri": "gs://x", "memory": 100}))),
+        Vec::<String>::new()
+    );
     for (bad, word) in [
-        (json!({"storageUri": "gs://x", "replicas": "two"}), "/spec/replicas"),
-        (json!({"storageUri": "gs://x", "replicas": -1}), "/spec/replicas"),
-        (json!({"storageUri": "gs://x", "memory": true}), "/spec/memory"),
-        (json!({"storageUri": "gs://x", "requirements": "sklearn"}), "/spec/requirements"),
-        (json!({"storageUri": "gs://x", "logger": {"percent": 10, "extra": 1}}), "/spec/logger"),
-        (json!({"storageUri": "gs://x", "parameters": [{"name": "a", "value": 3}]}), "/spec/parameters/0/value"),
+        (
+            json!({"storageUri": "gs://x", "replicas": "two"}),
+            "/spec/replicas",
+        ),
+        (
+            json!({"storageUri": "gs://x", "replicas": -1}),
+            "/spec/replicas",
+        ),
+        (
+            json!({"storageUri": "gs://x", "memory": true}),
+            "/spec/memory",
+        ),
+        (
+            json!({"storageUri": "gs://x", "requirements": "sklearn"}),
+            "/spec/requirements",
+        ),
+        (
+            json!({"storageUri": "gs://x", "logger": {"percent": 10, "extra": 1}}),
+            "/spec/logger",
+        ),
+        (
+            json!({"storageUri": "gs://x", "parameters": [{"name": "a", "value": 3}]}),
+            "/spec/parameters/0/value",
+        ),
         (json!({"requirements": ["sklearn"]}), "storageUri"),
     ] {
         let errors = api_server_errors(&model(bad.clone())).join("\n");
-        assert!(errors.contains(word), "{bad}: {errors:?} should mention {word}");
+        assert!(
+            errors.contains(word),
+            "{bad}: {errors:?} should mention {word}"
+        );
     }
     let server = json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server",
         "metadata": {"name": "s"},
@@ -407,7 +516,18 @@ fn cel_replica_rules_equal_coscales_scaling_rule() {
 
 #[test]
 fn cel_name_rule_equals_coscales_dns1123_label_rule() {
-    for name in ["mlserver", "a", "m-1", "mlserver.name", "Mlserver", "-a", "a-", "a_b", &"a".repeat(63), &"a".repeat(64)] {
+    for name in [
+        "mlserver",
+        "a",
+        "m-1",
+        "mlserver.name",
+        "Mlserver",
+        "-a",
+        "a-",
+        "a_b",
+        &"a".repeat(63),
+        &"a".repeat(64),
+    ] {
         for kind in ["Server", "ServerConfig"] {
             let spec = match kind {
                 "Server" => json!({"serverConfig": "mlserver"}),
@@ -416,7 +536,11 @@ fn cel_name_rule_equals_coscales_dns1123_label_rule() {
             let obj = json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": kind,
                              "metadata": {"name": name}, "spec": spec});
             let errors = api_server_errors(&obj);
-            assert_eq!(errors.is_empty(), dns1123_label_is_valid(name), "{kind} {name:?}: {errors:?}");
+            assert_eq!(
+                errors.is_empty(),
+                dns1123_label_is_valid(name),
+                "{kind} {name:?}: {errors:?}"
+            );
         }
     }
 }

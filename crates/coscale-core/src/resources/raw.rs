@@ -22,9 +22,9 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::quantity::Quantity;
 #[cfg(feature = "schema")]
 use super::schema::{replica_rules, FreeFormObject};
+use crate::quantity::Quantity;
 
 /// A whole manifest object: `apiVersion`, `kind`, `metadata`, `spec`, `status` (ignored).
 #[derive(Debug, Deserialize)]
