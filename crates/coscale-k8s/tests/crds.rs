@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use coscale_core::resources::{dns1123_label_is_valid, parse_manifests, validated_scaling};
 use coscale_k8s::crd::{self, crds, model_schema, server_config_schema, server_schema};
@@ -24,6 +25,10 @@ fn repo() -> PathBuf {
 
 const REGENERATE: &str =
     "cargo run -p coscale-cli -- crds --out deploy/crds --out deploy/helm/coscale/crds";
+
+/// With `COSCALE_WRITE_CRDS=1` the test writes the files instead of comparing them (the
+/// same output as the command above, without building the whole CLI).
+const WRITE_ENV: &str = "COSCALE_WRITE_CRDS";
 
 #[test]
 fn committed_crds_are_the_generated_ones() {
@@ -37,14 +42,20 @@ fn committed_crds_are_the_generated_ones() {
             "serverconfigs.mlops.seldon.io.yaml"
         ]
     );
+    let write = std::env::var(WRITE_ENV).is_ok_and(|v| v == "1");
     for dir in ["deploy/crds", "deploy/helm/coscale/crds"] {
         for (name, yaml) in &files {
             let path = repo().join(dir).join(name);
+            if write {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, yaml).unwrap();
+            }
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
             assert!(
                 committed == *yaml,
                 "{} differs from the CRD generated from the Rust types (or is missing); \
-                 regenerate the committed CRDs with `{REGENERATE}`",
+                 regenerate the committed CRDs with `{REGENERATE}` \
+                 (or `{WRITE_ENV}=1 cargo test -p coscale-k8s --test crds`)",
                 path.display()
             );
         }
@@ -286,21 +297,37 @@ fn strict(node: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Each kind's schema and its strict JSON Schema validator, built once.
+fn compiled() -> &'static [(&'static str, Value, jsonschema::Validator)] {
+    static COMPILED: OnceLock<Vec<(&'static str, Value, jsonschema::Validator)>> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        schemas()
+            .into_iter()
+            .map(|(kind, schema)| {
+                let validator = jsonschema::validator_for(&strict(&schema)).unwrap();
+                (kind, schema, validator)
+            })
+            .collect()
+    })
+}
+
+thread_local! {
+    static CEL: kube::core::cel::Validator = kube::core::cel::Validator::new();
+}
+
 /// Why the API server would refuse `object`: schema errors, then CEL rule failures.
 fn api_server_errors(object: &Value) -> Vec<String> {
     let kind = object["kind"].as_str().unwrap_or_default();
-    let schema = schemas()
-        .into_iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, s)| s)
+    let (_, schema, validator) = compiled()
+        .iter()
+        .find(|(k, _, _)| *k == kind)
         .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
-    let validator = jsonschema::validator_for(&strict(&schema)).unwrap();
     let mut errors: Vec<String> = validator
         .iter_errors(object)
         .map(|e| format!("{}: {e}", e.instance_path()))
         .collect();
     if errors.is_empty() {
-        if let Err(e) = kube::core::cel::Validator::new().validate(&schema, object, None) {
+        if let Err(e) = CEL.with(|cel| cel.validate(schema, object, None)) {
             errors.extend(e.into_vec().into_iter().map(|e| format!("CEL {e}")));
         }
     }

@@ -639,3 +639,102 @@ async fn deleting_a_model_unloads_it_before_the_finalizer_goes() {
     }
     assert!(cp.client.find_model("iris").await.unwrap().is_none());
 }
+
+/// Answers the calls of one pass with `answer` until the pass ends; returns its result
+/// and the calls (`METHOD PATH`, body).
+async fn serve_pass(
+    mut handle: Handle,
+    task: JoinHandle<Result<Action, Error>>,
+    answer: impl Fn(&str, &str, &Value) -> Value,
+) -> (Result<Action, Error>, Vec<(String, Value)>) {
+    let mut calls = Vec::new();
+    while let Ok(Some((req, send))) = tokio::time::timeout(DEADLINE, handle.next_request()).await {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let reply = answer(&method, &path, &body);
+        calls.push((format!("{method} {path}"), body));
+        send.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+    let result = tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("pass did not finish")
+        .unwrap();
+    (result, calls)
+}
+
+#[tokio::test]
+async fn deleting_a_server_drains_it_before_the_finalizer_goes() {
+    let cp = control_plane().await;
+    let text = json!([
+        {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server", "metadata": {"name": "mlserver"},
+         "spec": {"serverConfig": "mlserver", "replicas": 2}}
+    ])
+    .to_string();
+    cp.client
+        .apply(&ManifestRequest {
+            source: "test".into(),
+            text,
+            dry_run: false,
+            base_dir: None,
+        })
+        .await
+        .unwrap();
+    let server = Arc::new(server_cr(
+        json!({"serverConfig": "mlserver", "replicas": 2}),
+    ));
+    let mut server_json = serde_json::to_value(&*server).unwrap();
+    server_json["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let server: Arc<Server> = Arc::new(serde_json::from_value(server_json).unwrap());
+    let sts_path = "/apis/apps/v1/namespaces/ns1/statefulsets/mlserver";
+    let started = std::time::Instant::now();
+    let mut all_calls = Vec::new();
+    loop {
+        let (ctx, handle) = context(cp.client.clone());
+        let task = tokio::spawn(reconcile_server(server.clone(), ctx));
+        let (result, calls) = serve_pass(handle, task, |method, path, _| {
+            if path == sts_path {
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                       "metadata": {"name": "mlserver", "namespace": NS},
+                       "spec": {"replicas": if method == "GET" { 2 } else { 0 },
+                                "selector": {}, "template": {}}})
+            } else {
+                json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server",
+                       "metadata": {"name": "mlserver", "namespace": NS}, "spec": {}})
+            }
+        })
+        .await;
+        all_calls.extend(calls.iter().cloned());
+        match result {
+            Ok(_) => {
+                let (last, patch) = calls.last().expect("the finalizer removal");
+                assert_eq!(last, &format!("PATCH {SERVERS}"));
+                assert!(patch.to_string().contains("\"op\":\"remove\""), "{patch}");
+                break;
+            }
+            Err(e) if e.to_string().contains("still in the control plane") => {
+                assert!(started.elapsed() < DEADLINE, "the server was never removed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Before the control plane was told, the StatefulSet went to 0 pods (agents drain).
+    let scaled = all_calls
+        .iter()
+        .find(|(c, _)| c == &format!("PATCH {sts_path}"))
+        .expect("the StatefulSet is scaled to 0");
+    assert_eq!(scaled.1, json!({"spec": {"replicas": 0}}));
+    assert_eq!(all_calls[0].0, format!("GET {sts_path}"));
+    let servers = cp.client.servers().await.unwrap();
+    assert!(servers.iter().all(|s| s.name != "mlserver"), "{servers:?}");
+}
