@@ -35,6 +35,8 @@ pub const VERSION: &str = "v1alpha1";
 pub type SpecFields = Map<String, Value>;
 
 /// `Model.spec` (shape: `coscale_core::resources::schema::ModelSpecShape`).
+// Several `printcolumn(type_ = "integer", ...)` are not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "mlops.seldon.io",
@@ -77,6 +79,8 @@ pub struct ModelSpec {
 }
 
 /// `Server.spec` (shape: `coscale_core::resources::schema::ServerSpecShape`).
+// Several `printcolumn(type_ = "integer", ...)` are not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "mlops.seldon.io",

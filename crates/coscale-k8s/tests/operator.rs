@@ -30,6 +30,19 @@ struct ControlPlane {
     _tasks: Vec<JoinHandle<()>>,
 }
 
+impl ControlPlane {
+    /// `coscale apply` of one object.
+    async fn apply(&self, object: Value) {
+        let req = ManifestRequest {
+            source: "test".into(),
+            text: object.to_string(),
+            dry_run: false,
+            base_dir: None,
+        };
+        self.client.apply(&req).await.unwrap();
+    }
+}
+
 async fn control_plane() -> ControlPlane {
     let dir = tempfile::tempdir().unwrap();
     let token = "test-token".to_owned();
@@ -588,20 +601,11 @@ async fn an_invalid_model_is_reported_in_its_status_and_never_applied() {
 #[tokio::test]
 async fn deleting_a_model_unloads_it_before_the_finalizer_goes() {
     let cp = control_plane().await;
-    let text = serde_json::to_string(
-        &json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
+    cp.apply(
+        json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
         "metadata": {"name": "iris"}, "spec": {"storageUri": "gs://seldon-models/mlserver/iris"}}),
     )
-    .unwrap();
-    cp.client
-        .apply(&ManifestRequest {
-            source: "test".into(),
-            text,
-            dry_run: false,
-            base_dir: None,
-        })
-        .await
-        .unwrap();
+    .await;
     assert!(cp.client.find_model("iris").await.unwrap().is_some());
     let model = Arc::new(model_cr(
         json!({"finalizers": [FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}),
@@ -675,20 +679,11 @@ async fn serve_pass(
 #[tokio::test]
 async fn deleting_a_server_drains_it_before_the_finalizer_goes() {
     let cp = control_plane().await;
-    let text = json!([
-        {"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server", "metadata": {"name": "mlserver"},
-         "spec": {"serverConfig": "mlserver", "replicas": 2}}
-    ])
-    .to_string();
-    cp.client
-        .apply(&ManifestRequest {
-            source: "test".into(),
-            text,
-            dry_run: false,
-            base_dir: None,
-        })
-        .await
-        .unwrap();
+    cp.apply(
+        json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server",
+        "metadata": {"name": "mlserver"}, "spec": {"serverConfig": "mlserver", "replicas": 2}}),
+    )
+    .await;
     let server = Arc::new(server_cr(
         json!({"serverConfig": "mlserver", "replicas": 2}),
     ));
