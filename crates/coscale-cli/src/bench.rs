@@ -189,13 +189,14 @@ impl UpProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let client = Client::new(&crate::client::Target {
+        let client = crate::client::Target {
             data_dir: dir.clone(),
             api: None,
             token: None,
             router: None,
             router_grpc: None,
-        })?;
+        }
+        .client()?;
         Ok(UpProcess { child, dir, client })
     }
 

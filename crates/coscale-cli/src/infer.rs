@@ -148,7 +148,7 @@ pub async fn run(a: InferArgs) -> anyhow::Result<ExitCode> {
     let body = read_data(&a.data)?;
     let request = InferRequest::from_json(&body, None)
         .map_err(|e| anyhow::anyhow!("--data is not a valid V2 inference request: {e}"))?;
-    let client = Client::new(&a.target)?;
+    let client = a.target.client()?;
     let mut v2 = if a.grpc {
         V2Client::grpc(&client.endpoints.router_grpc).await?
     } else {

@@ -7,6 +7,7 @@ pub mod client;
 pub mod demo;
 pub mod hpa;
 pub mod infer;
+pub mod k8s;
 pub mod load;
 pub mod objects;
 pub mod output;
@@ -66,6 +67,10 @@ pub enum Command {
     Runtime(serve::RuntimeArgs),
     /// Simulate autoscaling policies on a trace (deterministic, virtual time).
     Sim(sim::SimArgs),
+    /// Print (or write) the Model, Server and ServerConfig CustomResourceDefinitions.
+    Crds(k8s::CrdsArgs),
+    /// Run the Kubernetes operator: CRs to the control plane, Servers as StatefulSets.
+    Operator(k8s::OperatorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +101,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(
         cli.command,
-        Command::Up(_) | Command::Agent(_) | Command::Runtime(_)
+        Command::Up(_) | Command::Agent(_) | Command::Runtime(_) | Command::Operator(_)
     );
     init_logging(server);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -149,5 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(a) => serve::agent(a).await,
         Command::Runtime(a) => serve::runtime(a).await,
         Command::Sim(a) => sim::run(a).await,
+        Command::Crds(a) => k8s::crds(a),
+        Command::Operator(a) => k8s::operator(a).await,
     }
 }

@@ -301,7 +301,7 @@ pub async fn run(a: LoadArgs) -> anyhow::Result<ExitCode> {
         concurrency: a.concurrency,
         seed: a.seed,
     };
-    let client = Client::new(&a.target)?;
+    let client = a.target.client()?;
     let v2 = if a.grpc {
         V2Client::grpc(&client.endpoints.router_grpc).await?
     } else {

@@ -78,7 +78,7 @@ pub async fn apply(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: invalid manifests: nothing was applied");
         return Ok(ExitCode::FAILURE);
     }
-    let client = Client::new(&a.target)?;
+    let client = a.target.client()?;
     let mut models = Vec::new();
     for req in &requests {
         let resp = client.apply(req).await?;
@@ -170,7 +170,7 @@ fn kind_path(kind: &str) -> anyhow::Result<&'static str> {
 }
 
 pub async fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&a.target)?;
+    let client = a.target.client()?;
     if !a.files.is_empty() {
         for f in &a.files {
             let resp = client.delete_manifest(&manifest_request(f, false)?).await?;
@@ -276,7 +276,7 @@ pub fn servers_table(servers: &[ServerStatus]) -> String {
 }
 
 pub async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&a.target)?;
+    let client = a.target.client()?;
     match kind_path(&a.kind)? {
         "models" => {
             let models = match &a.name {
@@ -444,7 +444,7 @@ pub fn describe_server(sv: &ServerStatus) -> String {
 }
 
 pub async fn describe(a: DescribeArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&a.target)?;
+    let client = a.target.client()?;
     match kind_path(&a.kind)? {
         "models" => {
             let m = client.model(&a.name).await?;

@@ -14,6 +14,8 @@
 
 mod documents;
 mod raw;
+#[cfg(feature = "schema")]
+pub mod schema;
 mod suggest;
 mod validate;
 

@@ -9,6 +9,11 @@
 //! Some fields exist only to check shape: `apiVersion`/`kind` are dispatched on before,
 //! ignored metadata and `status` are dropped, and pod specs, image overrides, retention
 //! policies and deployment strategies are kept exactly as written (JSON) by validation.
+//!
+//! With the `schema` feature the spec types also derive `schemars::JsonSchema`, and are
+//! the single source of the CRDs' `openAPIV3Schema` (see `schema.rs` and `coscale-k8s`):
+//! the attributes below only add what a Kubernetes API server can check before coscale
+//! sees the object (required fields, non-negative counts, Seldon's replica rules as CEL).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -17,12 +22,14 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
+#[cfg(feature = "schema")]
+use super::schema::{replica_rules, FreeFormObject};
 use crate::quantity::Quantity;
 
 /// A whole manifest object: `apiVersion`, `kind`, `metadata`, `spec`, `status` (ignored).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawObject<S> {
+pub struct RawObject<S> {
     pub api_version: Option<String>,
     pub kind: Option<String>,
     #[serde(default)]
@@ -35,7 +42,7 @@ pub(crate) struct RawObject<S> {
 /// Kubernetes `ObjectMeta`: the fields coscale keeps, plus the ones it accepts and ignores.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawMeta {
+pub struct RawMeta {
     pub name: Option<String>,
     pub namespace: Option<String>,
     #[serde(default)]
@@ -68,8 +75,11 @@ pub(crate) struct RawMeta {
 
 /// `Model.spec` (`ModelSpec` with the inlined `InferenceArtifactSpec` and `ScalingSpec`).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawModelSpec {
+#[cfg_attr(feature = "schema", schemars(transform = replica_rules))]
+pub struct RawModelSpec {
+    #[cfg_attr(feature = "schema", schemars(required, length(min = 1)))]
     pub storage_uri: Option<String>,
     pub model_type: Option<String>,
     pub artifact_version: Option<u32>,
@@ -77,8 +87,11 @@ pub(crate) struct RawModelSpec {
     pub secret_name: Option<String>,
     pub requirements: Option<Vec<String>>,
     pub memory: Option<Quantity>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub replicas: Option<i32>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub min_replicas: Option<i32>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub max_replicas: Option<i32>,
     pub server: Option<String>,
     pub preloaded: Option<bool>,
@@ -91,14 +104,16 @@ pub(crate) struct RawModelSpec {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawLogger {
+pub struct RawLogger {
     pub percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawExplainer {
+pub struct RawExplainer {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub model_ref: Option<String>,
@@ -106,37 +121,47 @@ pub(crate) struct RawExplainer {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawLlm {
+pub struct RawLlm {
     pub model_ref: Option<String>,
     pub pipeline_ref: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawParameter {
+pub struct RawParameter {
     pub name: Option<String>,
     pub value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawDataflow {
+pub struct RawDataflow {
     pub clean_topics_on_delete: Option<bool>,
 }
 
 /// `Server.spec`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawServerSpec {
+#[cfg_attr(feature = "schema", schemars(transform = replica_rules))]
+pub struct RawServerSpec {
+    #[cfg_attr(feature = "schema", schemars(required, length(min = 1)))]
     pub server_config: Option<String>,
     pub capabilities: Option<Vec<String>>,
     pub extra_capabilities: Option<Vec<String>>,
     pub image_overrides: Option<RawImageOverrides>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<FreeFormObject>"))]
     pub pod_spec: Option<serde_json::Map<String, Value>>,
     pub stateful_set_persistent_volume_claim_retention_policy: Option<RawPvcRetentionPolicy>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub replicas: Option<i32>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub min_replicas: Option<i32>,
+    #[cfg_attr(feature = "schema", schemars(range(min = 0)))]
     pub max_replicas: Option<i32>,
     pub deployment_strategy: Option<RawDeploymentStrategy>,
     pub disable_auto_update: Option<bool>,
@@ -144,24 +169,29 @@ pub(crate) struct RawServerSpec {
 
 /// `imageOverrides{agent, rclone}`: k8s Containers, kept as JSON.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawImageOverrides {
+pub struct RawImageOverrides {
+    #[cfg_attr(feature = "schema", schemars(with = "Option<FreeFormObject>"))]
     pub agent: Option<serde_json::Map<String, Value>>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<FreeFormObject>"))]
     pub rclone: Option<serde_json::Map<String, Value>>,
 }
 
 /// appsv1 `StatefulSetPersistentVolumeClaimRetentionPolicy`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawPvcRetentionPolicy {
+pub struct RawPvcRetentionPolicy {
     pub when_deleted: Option<String>,
     pub when_scaled: Option<String>,
 }
 
 /// appsv1 `DeploymentStrategy`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawDeploymentStrategy {
+pub struct RawDeploymentStrategy {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub rolling_update: Option<RawRollingUpdate>,
@@ -169,32 +199,40 @@ pub(crate) struct RawDeploymentStrategy {
 
 /// appsv1 `RollingUpdateDeployment` (`maxUnavailable`/`maxSurge` are int-or-string).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawRollingUpdate {
+pub struct RawRollingUpdate {
     pub max_unavailable: Option<IntOrString>,
     pub max_surge: Option<IntOrString>,
 }
 
-/// Kubernetes `IntOrString`.
+/// Kubernetes `IntOrString` (schema: `x-kubernetes-int-or-string`, in `schema.rs`).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub(crate) enum IntOrString {
+pub enum IntOrString {
     Int(i32),
     String(String),
 }
 
 /// `ServerConfig.spec`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawServerConfigSpec {
+pub struct RawServerConfigSpec {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(required, with = "Option<FreeFormObject>")
+    )]
     pub pod_spec: Option<serde_json::Map<String, Value>>,
     pub volume_claim_templates: Option<Vec<RawVolumeClaimTemplate>>,
 }
 
 /// `volumeClaimTemplates[]`: `{name, spec: PersistentVolumeClaimSpec}`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct RawVolumeClaimTemplate {
+pub struct RawVolumeClaimTemplate {
     pub name: Option<String>,
+    #[cfg_attr(feature = "schema", schemars(with = "Option<FreeFormObject>"))]
     pub spec: Option<serde_json::Map<String, Value>>,
 }
