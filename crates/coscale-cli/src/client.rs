@@ -74,6 +74,9 @@ impl Client {
                         .clone()
                         .unwrap_or_else(|| "http://127.0.0.1:9500".to_owned()),
                     metrics: format!("{}/metrics", api.trim_end_matches('/')),
+                    agent: None,
+                    custom_metrics: None,
+                    keda: None,
                 },
                 token.clone(),
             ),
