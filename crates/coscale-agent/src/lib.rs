@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -33,6 +34,9 @@ pub struct AgentConfig {
     /// Control plane agent endpoint, e.g. `http://127.0.0.1:9005`.
     pub control_plane: String,
     pub token: String,
+    /// File holding the bearer token, read again at every (re)connect (projected
+    /// ServiceAccount tokens rotate); when set it wins over `token`.
+    pub token_file: Option<std::path::PathBuf>,
     pub server: String,
     pub replica: u32,
     /// `builtin`, `mlserver`, `triton`.
@@ -42,6 +46,12 @@ pub struct AgentConfig {
     pub overcommit_percent: u32,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// Host (IP or name) reported to the control plane for the data-plane addresses
+    /// instead of the bound IP (required when binding 0.0.0.0, e.g. the pod IP).
+    pub advertise_host: Option<String>,
+    /// Longest time between a leave request (SIGTERM) and the exit: waiting for the
+    /// control plane's `Drain`, then for requests in flight.
+    pub leave_grace: Duration,
     /// Exit when the control plane has been unreachable this long (None = never).
     pub exit_after_disconnect: Option<Duration>,
     pub body_limit: usize,
@@ -61,6 +71,7 @@ impl AgentConfig {
         Self {
             control_plane,
             token,
+            token_file: None,
             server,
             replica,
             runtime: "builtin".to_owned(),
@@ -69,6 +80,8 @@ impl AgentConfig {
             overcommit_percent: 10,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_host: None,
+            leave_grace: Duration::from_secs(25),
             exit_after_disconnect: None,
             body_limit: 64 << 20,
             load_timeout: Duration::from_secs(600),
@@ -90,8 +103,41 @@ pub enum Exit {
     ControlPlaneGone,
 }
 
+/// The address reported to the control plane for a bound socket: the advertised
+/// host with the bound port. A wildcard bind (0.0.0.0, ::) without an advertised host
+/// is an error, since nobody can reach it.
+pub async fn advertised(
+    bound: SocketAddr,
+    host: Option<&str>,
+    what: &str,
+) -> anyhow::Result<SocketAddr> {
+    match host.map(str::trim).filter(|h| !h.is_empty()) {
+        None if bound.ip().is_unspecified() => anyhow::bail!(
+            "{what} is bound to {bound}, which cannot be advertised: set COSCALE_ADVERTISE_HOST (or POD_IP) to this replica's address"
+        ),
+        None => Ok(bound),
+        Some(h) => {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            let found = tokio::net::lookup_host((h, bound.port()))
+                .await
+                .with_context(|| format!("cannot resolve the advertised host {h:?}"))?
+                .find(|a| !a.ip().is_unspecified());
+            found.ok_or_else(|| {
+                anyhow::anyhow!("the advertised host {h:?} has no usable address for {what}")
+            })
+        }
+    }
+}
+
 /// Runs an agent until it is drained, shut down, or loses its control plane.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<Exit> {
+/// `shutdown` stops at once; `leave` (SIGTERM) drains first: the control plane is told
+/// the replica leaves, places its models elsewhere and answers `Drain`; requests in
+/// flight finish; the whole bounded by [`AgentConfig::leave_grace`].
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    leave: impl Future<Output = ()>,
+) -> anyhow::Result<Exit> {
     let backend = backend::for_config(&config);
     let stats = stats::Stats::new(
         &config.server,
@@ -107,8 +153,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     };
     let http = TcpListener::bind(config.http_addr).await?;
     let grpc = TcpListener::bind(config.grpc_addr).await?;
-    let http_addr = http.local_addr()?;
-    let grpc_addr = grpc.local_addr()?;
+    let host = config.advertise_host.as_deref();
+    let http_addr = advertised(http.local_addr()?, host, "the REST data plane").await?;
+    let grpc_addr = advertised(grpc.local_addr()?, host, "the gRPC data plane").await?;
     info!(%http_addr, %grpc_addr, server = %config.server, replica = config.replica, "agent listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -138,6 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         }
     });
 
+    let (leaving_tx, leaving_rx) = watch::channel(false);
     let ctx = Arc::new(Ctx {
         config: config.clone(),
         dp: dp.clone(),
@@ -145,30 +193,52 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         http_addr,
         grpc_addr,
         orphans: std::sync::Mutex::default(),
+        leaving: leaving_rx,
     });
     tokio::pin!(shutdown);
+    tokio::pin!(leave);
+    let mut leave_deadline: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
     let mut lost_since = Instant::now();
     let exit = loop {
         let mut connected = false;
-        let end = tokio::select! {
-            _ = &mut shutdown => break Exit::Shutdown,
-            end = session::run_once(&ctx, &mut connected) => end,
+        let end = {
+            let session = session::run_once(&ctx, &mut connected);
+            tokio::pin!(session);
+            loop {
+                let until = leave_deadline.unwrap_or_else(Instant::now);
+                tokio::select! {
+                    _ = &mut shutdown => break None,
+                    _ = &mut leave, if leave_deadline.is_none() => {
+                        info!("asked to leave: telling the control plane, then draining");
+                        leave_deadline = Some(Instant::now() + config.leave_grace);
+                        let _ = leaving_tx.send(true);
+                    }
+                    _ = tokio::time::sleep_until(until), if leave_deadline.is_some() => {
+                        warn!("no drain from the control plane within the grace period; draining anyway");
+                        break Some(Ok(SessionEnd::Drain));
+                    }
+                    end = &mut session => break Some(end),
+                }
+            }
         };
+        let Some(end) = end else { break Exit::Shutdown };
         if connected {
             backoff = Duration::from_millis(100);
             lost_since = Instant::now();
         }
         match end {
             Ok(SessionEnd::Drain) => {
-                info!("draining: waiting for requests in flight");
-                ready.store(false, Ordering::Relaxed);
-                tokio::time::sleep(config.unload_grace).await;
-                session::wait_idle(config.drain_timeout, || dp.stats.total_in_flight()).await;
+                drain(&config, &dp, &ready, leave_deadline).await;
                 break Exit::Drained;
             }
             Ok(SessionEnd::Lost(why)) | Err(why) => {
                 warn!("control plane session ended: {why}");
+                if leave_deadline.is_some() {
+                    // leaving without a control plane: finish what is in flight and go
+                    drain(&config, &dp, &ready, leave_deadline).await;
+                    break Exit::Drained;
+                }
             }
         }
         if config
@@ -179,6 +249,10 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
         }
         tokio::select! {
             _ = &mut shutdown => break Exit::Shutdown,
+            _ = &mut leave, if leave_deadline.is_none() => {
+                drain(&config, &dp, &ready, None).await;
+                break Exit::Drained;
+            }
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -188,4 +262,51 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> any
     let _ = grpc_task.await;
     info!(?exit, "agent stopped");
     Ok(exit)
+}
+
+/// Stops taking new requests and waits for those in flight, bounded by the drain
+/// timeout and, when leaving, by the leave deadline.
+async fn drain(
+    config: &AgentConfig,
+    dp: &DataPlane,
+    ready: &AtomicBool,
+    deadline: Option<Instant>,
+) {
+    info!("draining: waiting for requests in flight");
+    ready.store(false, Ordering::Relaxed);
+    let left = deadline.map_or(config.drain_timeout, |d| {
+        d.saturating_duration_since(Instant::now())
+            .min(config.drain_timeout)
+    });
+    tokio::time::sleep(config.unload_grace.min(left)).await;
+    let left = deadline.map_or(config.drain_timeout, |d| {
+        d.saturating_duration_since(Instant::now())
+            .min(config.drain_timeout)
+    });
+    session::wait_idle(left, || dp.stats.total_in_flight()).await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_advertised_address_replaces_a_wildcard_bind_and_keeps_the_port() {
+        let any: SocketAddr = "0.0.0.0:9100".parse().unwrap();
+        let err = advertised(any, None, "the REST data plane")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("COSCALE_ADVERTISE_HOST"), "{err}");
+        assert!(advertised(any, Some("  "), "x").await.is_err());
+        let a = advertised(any, Some("10.1.2.3"), "x").await.unwrap();
+        assert_eq!(a, "10.1.2.3:9100".parse().unwrap());
+        let v6 = advertised(any, Some("[fd00::7]"), "x").await.unwrap();
+        assert_eq!(v6, "[fd00::7]:9100".parse().unwrap());
+        let named = advertised(any, Some("localhost"), "x").await.unwrap();
+        assert!(named.ip().is_loopback() && named.port() == 9100, "{named}");
+        let bound: SocketAddr = "127.0.0.1:4321".parse().unwrap();
+        assert_eq!(advertised(bound, None, "x").await.unwrap(), bound);
+    }
 }

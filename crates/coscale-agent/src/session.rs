@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use coscale_api::pb::agent::agent_service_client::AgentServiceClient;
 use coscale_api::pb::agent::{
-    agent_message, control_message, model_event, AgentMessage, Load, ModelEvent, ModelRef,
+    agent_message, control_message, model_event, AgentMessage, Leaving, Load, ModelEvent, ModelRef,
     Register, Unload,
 };
 use coscale_api::routing::internal_model_name;
@@ -54,6 +54,8 @@ pub struct Ctx {
     /// internal name, with when. The backend reloads them itself; if the control plane
     /// does not ask for one again within [`ORPHAN_GRACE`], it is unloaded here too.
     pub orphans: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Becomes true when the agent is asked to leave (SIGTERM).
+    pub leaving: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How long a lost-and-restored model stays loaded without the control plane asking.
@@ -121,7 +123,14 @@ pub async fn run_once(ctx: &Arc<Ctx>, connected: &mut bool) -> Result<SessionEnd
     .await
     .map_err(|e| e.to_string())?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let auth = format!("Bearer {}", cfg.token)
+    let token = match &cfg.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => cfg.token.clone(),
+    };
+    let auth = format!("Bearer {token}")
         .parse()
         .map_err(|_| "the token contains characters not allowed in a header".to_owned())?;
     request.metadata_mut().insert("authorization", auth);
@@ -134,8 +143,18 @@ pub async fn run_once(ctx: &Arc<Ctx>, connected: &mut bool) -> Result<SessionEnd
     info!(server = %cfg.server, replica = cfg.replica, "connected to the control plane");
     let mut stats_every = tokio::time::interval(Duration::from_secs(1));
     let mut backend_events = ctx.dp.backend.subscribe();
+    let mut leaving = ctx.leaving.clone();
+    let mut leave_sent = false;
     loop {
+        if !leave_sent && *leaving.borrow_and_update() {
+            leave_sent = true;
+            let leave = AgentMessage {
+                kind: Some(agent_message::Kind::Leaving(Leaving {})),
+            };
+            tx.send(leave).await.map_err(|e| e.to_string())?;
+        }
         tokio::select! {
+            _ = leaving.changed(), if !leave_sent => continue,
             ev = next_backend_event(&mut backend_events) => {
                 if let Some(BackendEvent::Lost { models, reason }) = ev {
                     report_lost(ctx, &models, &reason, &tx).await;

@@ -2,6 +2,7 @@
 //!
 //! - [`pb::inference`]: the Open Inference Protocol (V2) gRPC service and messages.
 //! - [`pb::agent`]: the agent <-> control-plane stream.
+//! - [`pb::externalscaler`]: KEDA's external scaler service.
 //! - [`v2`]: the V2 REST/JSON request and response bodies.
 //! - [`routing`]: the routing table the control plane hands to routers.
 //! - [`rest`]: the control plane's REST/JSON DTOs.
@@ -16,6 +17,11 @@ pub mod pb {
     /// Agent channel (`coscale.agent.v1.AgentService`).
     pub mod agent {
         tonic::include_proto!("coscale.agent.v1");
+    }
+    /// KEDA's external scaler (`externalscaler.ExternalScaler`).
+    #[allow(clippy::doc_lazy_continuation)]
+    pub mod externalscaler {
+        tonic::include_proto!("externalscaler");
     }
 }
 

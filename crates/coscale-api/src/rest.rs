@@ -136,6 +136,15 @@ pub struct ServerStatus {
     pub loaded_models: u32,
     pub replicas: Vec<ServerReplicaStatus>,
     pub created_unix_millis: u64,
+    /// The replica count the Server's replica set (a StatefulSet in Kubernetes) should
+    /// have now: equal to `desired_replicas` unless a scale-down waits for the highest
+    /// ordinals' models to be available elsewhere. Absent until the provisioner ran.
+    #[serde(
+        default,
+        rename = "scaleTarget",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scale_target: Option<u32>,
     #[serde(default)]
     pub events: Vec<EventRecord>,
 }
@@ -147,4 +156,13 @@ pub struct Endpoints {
     pub router_http: String,
     pub router_grpc: String,
     pub metrics: String,
+    /// The agent channel (gRPC) server replicas connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The custom metrics API over TLS (`--custom-metrics-addr`), when started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_metrics: Option<String>,
+    /// The KEDA external scaler (gRPC, `--keda-scaler-addr`), when started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keda: Option<String>,
 }

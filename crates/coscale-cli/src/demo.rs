@@ -183,6 +183,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             ..AutoscaleConfig::default()
         },
         router: coscale_router::RouterConfig::default(),
+        provisioner: crate::platform::Provisioner::Local,
+        token_review: None,
+        custom_metrics_addr: None,
+        tls: Default::default(),
+        keda_addr: None,
     })
     .await?;
     let result = drive(&a, &platform, &manifest).await;

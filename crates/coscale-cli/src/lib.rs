@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run control plane, router and server replicas on this machine.
-    Up(serve::UpArgs),
+    Up(Box<serve::UpArgs>),
     /// Start the platform in a temporary directory, serve the examples, show the results.
     Demo(demo::DemoArgs),
     /// Create or update Models, Servers and ServerConfigs from manifests.
@@ -125,7 +125,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up(a) => serve::up(a).await,
+        Command::Up(a) => serve::up(*a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Apply(a) => objects::apply(a).await,
         Command::Delete(a) => objects::delete(a).await,

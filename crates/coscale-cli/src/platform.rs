@@ -8,13 +8,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use coscale_api::rest::Endpoints;
-use coscale_control::provision::{self, AgentCommand, ProvisionConfig};
+use coscale_control::provision::{self, AgentCommand, Backend, ProvisionConfig};
 use coscale_control::service::{ControlConfig, ControlPlane};
 use coscale_router::{RouterConfig, RouterHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
+
+/// Where server replicas come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Provisioner {
+    /// Child processes of `coscale up` (one machine).
+    #[default]
+    Local,
+    /// Pods of a StatefulSet per Server that connect by themselves; the control plane
+    /// publishes each Server's `scaleTarget` for the operator.
+    Kubernetes,
+}
 
 /// Options of `coscale up`.
 #[derive(Debug, Clone)]
@@ -35,6 +46,14 @@ pub struct PlatformOptions {
     /// HorizontalPodAutoscaler controller settings and metrics source.
     pub hpa: coscale_control::hpa_controller::HpaConfig,
     pub router: RouterConfig,
+    pub provisioner: Provisioner,
+    /// `--auth kubernetes`: how to check ServiceAccount tokens.
+    pub token_review: Option<coscale_control::auth::TokenReviewConfig>,
+    /// HTTPS listener of the custom metrics API, and its certificates.
+    pub custom_metrics_addr: Option<SocketAddr>,
+    pub tls: coscale_control::tls::TlsSettings,
+    /// gRPC listener of the KEDA external scaler.
+    pub keda_addr: Option<SocketAddr>,
 }
 
 /// A running platform.
@@ -96,11 +115,23 @@ impl Platform {
             stats_interval: opts.stats_interval,
             autoscale: opts.autoscale.clone(),
             hpa: opts.hpa.clone(),
+            token_review: opts.token_review.clone(),
         })?;
         let api = bind(opts.api_addr, "control-plane API").await?;
         let agents = bind(opts.agent_addr, "agent channel").await?;
         let rhttp = bind(opts.router_http_addr, "router (REST)").await?;
         let rgrpc = bind(opts.router_grpc_addr, "router (gRPC)").await?;
+        let custom_metrics = match opts.custom_metrics_addr {
+            Some(a) => Some((
+                bind(a, "custom metrics API (TLS)").await?,
+                coscale_control::tls::server_config(&opts.tls)?,
+            )),
+            None => None,
+        };
+        let keda = match opts.keda_addr {
+            Some(a) => Some(bind(a, "KEDA external scaler").await?),
+            None => None,
+        };
         let api_addr = api.local_addr()?;
         let agent_addr = agents.local_addr()?;
         let endpoints = Endpoints {
@@ -108,6 +139,15 @@ impl Platform {
             router_http: format!("http://{}", rhttp.local_addr()?),
             router_grpc: format!("http://{}", rgrpc.local_addr()?),
             metrics: format!("http://{api_addr}/metrics"),
+            agent: Some(format!("http://{agent_addr}")),
+            custom_metrics: match &custom_metrics {
+                Some((l, _)) => Some(format!("https://{}", l.local_addr()?)),
+                None => None,
+            },
+            keda: match &keda {
+                Some(l) => Some(format!("http://{}", l.local_addr()?)),
+                None => None,
+            },
         };
         let (stop, stopped) = watch::channel(false);
         let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -139,6 +179,29 @@ impl Platform {
                 }
             }));
         }
+        if let Some((listener, tls)) = custom_metrics {
+            let app = coscale_control::tls::custom_metrics_app(control.clone());
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                coscale_control::tls::serve(listener, tls, app, wait(rx)).await
+            }));
+        }
+        if let Some(listener) = keda {
+            let svc = coscale_control::keda::service(control.clone());
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        wait(rx),
+                    )
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!("KEDA external scaler failed: {e}");
+                }
+            }));
+        }
         {
             let handle = RouterHandle::new(opts.router.clone(), control.routes());
             let rx = stopped.clone();
@@ -156,18 +219,21 @@ impl Platform {
             ));
         }
         {
-            let cmd = AgentCommand {
-                program: opts.agent_program.clone(),
-                args: opts.agent_args.clone(),
-                control_url: format!("http://{agent_addr}"),
-                token_file: opts.data_dir.join("token"),
-                log_dir: opts.data_dir.join("logs"),
-                orphan_grace: opts.orphan_grace,
+            let backend = match opts.provisioner {
+                Provisioner::Local => Backend::Local(AgentCommand {
+                    program: opts.agent_program.clone(),
+                    args: opts.agent_args.clone(),
+                    control_url: format!("http://{agent_addr}"),
+                    token_file: opts.data_dir.join("token"),
+                    log_dir: opts.data_dir.join("logs"),
+                    orphan_grace: opts.orphan_grace,
+                }),
+                Provisioner::Kubernetes => Backend::External,
             };
             let cp = control.clone();
             let rx = stopped.clone();
             tasks.push(tokio::spawn(async move {
-                provision::run(cp, cmd, ProvisionConfig::default(), wait(rx)).await
+                provision::run(cp, backend, ProvisionConfig::default(), wait(rx)).await
             }));
         }
         let json = serde_json::to_vec_pretty(&endpoints)?;

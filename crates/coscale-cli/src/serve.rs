@@ -12,7 +12,7 @@ use coscale_router::RouterConfig;
 
 use crate::client::Client;
 use crate::objects;
-use crate::platform::{Platform, PlatformOptions};
+use crate::platform::{Platform, PlatformOptions, Provisioner};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -47,10 +47,50 @@ pub struct UpArgs {
     /// Seconds after which server replicas exit when this process is gone (crash).
     #[arg(long, env = "COSCALE_ORPHAN_GRACE_SECONDS", default_value_t = 30)]
     pub orphan_grace_seconds: u64,
+    /// Where server replicas come from: `local` child processes, or `kubernetes` pods
+    /// that connect by themselves (the operator scales their StatefulSets).
+    #[arg(
+        long,
+        env = "COSCALE_PROVISIONER",
+        value_enum,
+        default_value_t = Provisioner::Local
+    )]
+    pub provisioner: Provisioner,
+    /// Who may call the API, /metrics and the agent channel: `static` (the token in
+    /// DATA_DIR/token) or `kubernetes` (also ServiceAccount tokens of this namespace,
+    /// audience `coscale`, checked with a TokenReview; in-cluster configuration).
+    #[arg(long, env = "COSCALE_AUTH", value_enum, default_value_t = AuthMode::Static)]
+    pub auth: AuthMode,
+    /// HTTPS address of the custom metrics API for the Kubernetes aggregation layer
+    /// (`custom.metrics.k8s.io` v1beta1/v1beta2, discovery included).
+    #[arg(long, env = "COSCALE_CUSTOM_METRICS_ADDR")]
+    pub custom_metrics_addr: Option<SocketAddr>,
+    /// PEM certificate of the custom metrics listener (default: self-signed at start).
+    #[arg(long, env = "COSCALE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "COSCALE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require client certificates signed by this CA on the custom metrics listener
+    /// (the aggregator's requestheader client CA).
+    #[arg(long, env = "COSCALE_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// gRPC address of the KEDA external scaler (`externalscaler.ExternalScaler`).
+    #[arg(long, env = "COSCALE_KEDA_SCALER_ADDR")]
+    pub keda_scaler_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub autoscaling: AutoscalingArgs,
     #[command(flatten)]
     pub hpa: crate::hpa::HpaArgs,
+}
+
+/// How bearer tokens are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Only the static token in DATA_DIR/token.
+    Static,
+    /// The static token and Kubernetes ServiceAccount tokens (TokenReview).
+    Kubernetes,
 }
 
 /// Global native-autoscaling knobs; each Model may override them by annotation
@@ -150,8 +190,38 @@ impl UpArgs {
                 body_limit_bytes: self.body_limit,
                 ..RouterConfig::default()
             },
+            provisioner: self.provisioner,
+            custom_metrics_addr: self.custom_metrics_addr,
+            tls: coscale_control::tls::TlsSettings {
+                cert_file: self.tls_cert_file.clone(),
+                key_file: self.tls_key_file.clone(),
+                client_ca_file: self.client_ca_file.clone(),
+                self_signed_names: self_signed_names(),
+            },
+            keda_addr: self.keda_scaler_addr,
+            token_review: match self.auth {
+                AuthMode::Static => None,
+                AuthMode::Kubernetes => {
+                    Some(coscale_control::auth::TokenReviewConfig::in_cluster()?)
+                }
+            },
         })
     }
+}
+
+/// Names of a generated certificate: loopback and the control plane's Service.
+fn self_signed_names() -> Vec<String> {
+    let ns = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "coscale-system".to_owned());
+    vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "coscale-control".to_owned(),
+        format!("coscale-control.{ns}"),
+        format!("coscale-control.{ns}.svc"),
+    ]
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -180,6 +250,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         ep.router_http, ep.router_grpc
     );
     eprintln!("  metrics    {}", ep.metrics);
+    if let Some(cm) = &ep.custom_metrics {
+        eprintln!("  custom metrics API  {cm}");
+    }
+    if let Some(k) = &ep.keda {
+        eprintln!("  KEDA scaler  {k}");
+    }
     eprintln!("  data       {}", args.data_dir.display());
     let client = Client::from_parts(platform.endpoints.clone(), platform.token.clone());
     for file in &args.files {
@@ -201,26 +277,51 @@ pub struct AgentArgs {
     /// Control plane agent endpoint URL.
     #[arg(long, env = "COSCALE_CONTROL_PLANE")]
     pub control_plane: String,
-    /// File holding the bearer token.
+    /// File holding the bearer token (read again at every reconnect: projected
+    /// ServiceAccount tokens rotate).
     #[arg(long, env = "COSCALE_TOKEN_FILE")]
     pub token_file: PathBuf,
-    #[arg(long)]
+    /// The Server this replica belongs to.
+    #[arg(long, env = "COSCALE_SERVER")]
     pub server: String,
-    #[arg(long)]
-    pub replica: u32,
-    #[arg(long, default_value = "builtin")]
+    /// Ordinal of this replica (default: the number at the end of --pod-name).
+    #[arg(long, env = "COSCALE_REPLICA")]
+    pub replica: Option<u32>,
+    /// Pod name of a StatefulSet replica (`mlserver-2` is ordinal 2).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "COSCALE_RUNTIME", default_value = "builtin")]
     pub runtime: String,
     /// Comma-separated capabilities.
-    #[arg(long, value_delimiter = ',', default_value = "onnx")]
+    #[arg(
+        long,
+        env = "COSCALE_CAPABILITIES",
+        value_delimiter = ',',
+        default_value = "onnx"
+    )]
     pub capabilities: Vec<String>,
-    #[arg(long, default_value_t = 1 << 30)]
+    #[arg(long, env = "COSCALE_MEMORY_BYTES", default_value_t = 1 << 30)]
     pub memory_bytes: u64,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "COSCALE_OVERCOMMIT_PERCENT", default_value_t = 10)]
     pub overcommit_percent: u32,
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// V2 REST data-plane address (in pods `0.0.0.0:9100`).
+    #[arg(long, env = "COSCALE_HTTP_ADDR", default_value = "127.0.0.1:0")]
     pub http_addr: SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// V2 gRPC data-plane address (in pods `0.0.0.0:9101`).
+    #[arg(long, env = "COSCALE_GRPC_ADDR", default_value = "127.0.0.1:0")]
     pub grpc_addr: SocketAddr,
+    /// Host reported to the control plane for the data-plane addresses (needed when
+    /// binding 0.0.0.0).
+    #[arg(long, env = "COSCALE_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// The pod's IP (downward API), advertised when --advertise-host is not set.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<String>,
+    /// Seconds from SIGTERM to exit at most: the control plane places this replica's
+    /// models elsewhere, then requests in flight finish (keep below the pod's
+    /// terminationGracePeriodSeconds).
+    #[arg(long, env = "COSCALE_DRAIN_GRACE_SECONDS", default_value_t = 25.0)]
+    pub drain_grace_seconds: f64,
     /// Exit after the control plane is unreachable this many seconds (0 = never).
     #[arg(long, default_value_t = 0)]
     pub exit_after_disconnect: u64,
@@ -231,23 +332,67 @@ pub struct AgentArgs {
     pub mlserver_command: Option<PathBuf>,
 }
 
+impl AgentArgs {
+    /// The replica ordinal: `--replica`, else the number after the last `-` of the pod
+    /// name (StatefulSet pods are `<name>-<ordinal>`).
+    pub fn ordinal(&self) -> anyhow::Result<u32> {
+        if let Some(r) = self.replica {
+            return Ok(r);
+        }
+        let Some(pod) = self.pod_name.as_deref() else {
+            anyhow::bail!("the replica ordinal is missing: pass --replica (COSCALE_REPLICA) or --pod-name (POD_NAME)");
+        };
+        pod.rsplit_once('-')
+            .and_then(|(_, n)| n.parse().ok())
+            .with_context(|| {
+                format!("POD_NAME {pod:?} does not end with -<ordinal>; set COSCALE_REPLICA")
+            })
+    }
+}
+
+/// Resolves when SIGTERM arrives (never on platforms without it).
+pub async fn term_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
 pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
+    let replica = a.ordinal()?;
     let token = std::fs::read_to_string(&a.token_file)
         .with_context(|| format!("cannot read the token file {}", a.token_file.display()))?
         .trim()
         .to_owned();
-    let mut cfg = AgentConfig::new(a.control_plane, token, a.server, a.replica);
+    let mut cfg = AgentConfig::new(a.control_plane, token, a.server, replica);
+    cfg.token_file = Some(a.token_file);
     cfg.runtime = a.runtime;
     cfg.capabilities = a.capabilities;
     cfg.memory_bytes = a.memory_bytes;
     cfg.overcommit_percent = a.overcommit_percent;
     cfg.http_addr = a.http_addr;
     cfg.grpc_addr = a.grpc_addr;
+    cfg.advertise_host = a.advertise_host.or(a.pod_ip);
+    cfg.leave_grace = Duration::from_secs_f64(a.drain_grace_seconds.max(0.0));
     cfg.body_limit = a.body_limit;
     cfg.mlserver_command = a.mlserver_command;
     cfg.exit_after_disconnect =
         (a.exit_after_disconnect > 0).then(|| Duration::from_secs(a.exit_after_disconnect));
-    let exit = coscale_agent::run(cfg, stop_signal()).await?;
+    // SIGINT (Ctrl-C, also sent to `coscale up`'s children) stops at once; SIGTERM
+    // (Kubernetes deleting the pod) drains first.
+    let exit = coscale_agent::run(
+        cfg,
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+        term_signal(),
+    )
+    .await?;
     Ok(match exit {
         Exit::Drained | Exit::Shutdown => ExitCode::SUCCESS,
         Exit::ControlPlaneGone => {
@@ -299,4 +444,45 @@ pub async fn runtime(a: RuntimeArgs) -> anyhow::Result<ExitCode> {
     r?;
     g?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: super::AgentArgs,
+    }
+
+    fn args(extra: &[&str]) -> super::AgentArgs {
+        let mut argv = vec![
+            "agent",
+            "--control-plane",
+            "http://cp:9005",
+            "--token-file",
+            "/t",
+            "--server",
+            "mlserver",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().agent
+    }
+
+    #[test]
+    fn the_ordinal_comes_from_the_replica_or_the_pod_name() {
+        assert_eq!(args(&["--pod-name", "mlserver-2"]).ordinal().unwrap(), 2);
+        assert_eq!(args(&["--pod-name", "my-server-10"]).ordinal().unwrap(), 10);
+        assert_eq!(
+            args(&["--pod-name", "mlserver-2", "--replica", "5"])
+                .ordinal()
+                .unwrap(),
+            5
+        );
+        let e = args(&["--pod-name", "mlserver"]).ordinal().unwrap_err();
+        assert!(e.to_string().contains("COSCALE_REPLICA"), "{e}");
+        assert!(args(&[]).ordinal().is_err());
+    }
 }

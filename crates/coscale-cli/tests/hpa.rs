@@ -11,28 +11,14 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use coscale_api::v2::InferRequest;
-use coscale_cli::infer::V2Client;
 use coscale_control::hpa_controller::HpaStatus;
 use support::*;
 
 fn fixtures() -> PathBuf {
     repo().join("../shared/fixtures/hpa")
 }
-
-/// HPA settings for tests: 1 s sync, 5 s rate window, 3 s downscale stabilization.
-const FAST: &[&str] = &[
-    "--hpa-sync-period-seconds",
-    "1",
-    "--metrics-window-seconds",
-    "5",
-    "--hpa-downscale-stabilization-seconds",
-    "3",
-];
 
 /// Seconds to wait for HPA-driven changes.
 const HPA_DEADLINE: Duration = Duration::from_secs(90);
@@ -56,72 +42,6 @@ async fn serve_irisa0(up: &Up, server: &str, replicas: u32, pin: Option<&str>) {
         .unwrap();
     up.apply_text("m.yaml", &irisa0(pin)).await.unwrap();
     up.wait_available("irisa0", 1).await;
-}
-
-/// Open-loop traffic at a settable rate (requests per second) through the router.
-struct Load {
-    stop: Arc<AtomicBool>,
-    milli_rps: Arc<AtomicU64>,
-    ok: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-const WORKERS: u64 = 4;
-
-impl Load {
-    async fn start(up: &Up, model: &str, rps: f64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let milli_rps = Arc::new(AtomicU64::new((rps * 1000.0) as u64));
-        let ok = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..WORKERS {
-            let (stop, milli_rps, ok) = (stop.clone(), milli_rps.clone(), ok.clone());
-            let mut client = V2Client::rest(&up.endpoints.router_http).await;
-            let model = model.to_owned();
-            tasks.push(tokio::spawn(async move {
-                let req = InferRequest::from_json(IRIS_REQUEST.as_bytes(), None).unwrap();
-                let body = IRIS_REQUEST.as_bytes().to_vec();
-                let mut failures = Vec::new();
-                let mut next = tokio::time::Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    let rate = milli_rps.load(Ordering::Relaxed).max(1);
-                    next += Duration::from_micros(WORKERS * 1_000_000_000 / rate);
-                    match client.infer(&model, &req, &body).await {
-                        Ok(_) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.push(e.to_string()),
-                    }
-                    // pacing of the load generator, not a wait for a condition
-                    // no catch-up bursts after a slow request
-                    next = next.max(tokio::time::Instant::now());
-                    tokio::time::sleep_until(next).await;
-                }
-                failures
-            }));
-        }
-        Load {
-            stop,
-            milli_rps,
-            ok,
-            tasks,
-        }
-    }
-
-    fn set_rate(&self, rps: f64) {
-        self.milli_rps
-            .store((rps * 1000.0) as u64, Ordering::Relaxed);
-    }
-
-    /// Stops the traffic; returns (successful requests, failures).
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for t in self.tasks {
-            failures.extend(t.await.unwrap());
-        }
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
 }
 
 async fn hpa(up: &Up, name: &str) -> Option<HpaStatus> {
@@ -182,7 +102,7 @@ async fn scales_up_under_load_and_down_after(up: &Up, rps: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fixture_model_hpa_scales_up_under_load_and_down_after_with_builtin_metrics() {
-    let up = Up::start("hpa-builtin", FAST).await;
+    let up = Up::start("hpa-builtin", FAST_HPA).await;
     serve_irisa0(&up, "pool", 3, None).await;
     let applied = up
         .apply_file(&fixtures().join("irisa0-model-hpa.yaml"))
@@ -246,7 +166,7 @@ async fn an_hpa_on_a_model_with_min_and_max_replicas_is_applied_with_a_warning()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_hpa_and_a_server_hpa_on_the_same_metric_converge_one_to_one() {
-    let up = Up::start("hpa-1to1", FAST).await;
+    let up = Up::start("hpa-1to1", FAST_HPA).await;
     serve_irisa0(&up, "mlserver", 1, Some("mlserver")).await;
     one_to_one_converges(&up, true).await;
 }
@@ -593,7 +513,7 @@ async fn the_one_to_one_pair_converges_on_prometheus_metrics_with_file_sd_target
 async fn the_fixture_rest_only_selector_ignores_grpc_traffic_and_scales_on_rest() {
     use coscale_cli::infer::V2Client;
     use coscale_cli::load::{generate, iris_request, Arrivals, LoadSpec};
-    let up = Up::start("hpa-selector", FAST).await;
+    let up = Up::start("hpa-selector", FAST_HPA).await;
     serve_irisa0(&up, "pool", 3, None).await;
     up.apply_file(&fixtures().join("hpa-rest-only-selector.yaml"))
         .await

@@ -58,6 +58,9 @@ pub fn api_endpoints(
         router_http: router_http.unwrap_or_else(|| "http://127.0.0.1:9000".to_owned()),
         router_grpc: router_grpc.unwrap_or_else(|| "http://127.0.0.1:9500".to_owned()),
         metrics: format!("{api}/metrics"),
+        agent: None,
+        custom_metrics: None,
+        keda: None,
     }
 }
 

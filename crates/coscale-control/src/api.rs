@@ -32,8 +32,8 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
+    #[error("{0}")]
+    Unauthorized(crate::auth::AuthError),
     #[error("{0}")]
     Internal(String),
 }
@@ -43,7 +43,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let details = match &self {
@@ -97,10 +97,9 @@ async fn auth(
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if cp.check_token(presented) {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
+    match cp.authenticate(presented).await {
+        Ok(_) => next.run(req).await,
+        Err(e) => ApiError::Unauthorized(e).into_response(),
     }
 }
 

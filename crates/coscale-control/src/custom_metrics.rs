@@ -1,36 +1,65 @@
-//! HTTP endpoints of the HPA feature, merged into the authenticated API router:
+//! HTTP endpoints of the HPA feature:
 //!
-//! - `/apis/custom.metrics.k8s.io/v1beta2/namespaces/NS/RESOURCE/NAME/METRIC` and
-//!   `/apis/custom.metrics.k8s.io/v1beta2/namespaces/NS/metrics/METRIC`: metric values
-//!   in the Kubernetes custom metrics API's shape (`MetricValueList`), with
-//!   `?metricLabelSelector=a=b,c=d` and `?source=builtin|prometheus` (default: the
-//!   configured source). RESOURCE is `models.mlops.seldon.io`, `servers.mlops.seldon.io`
-//!   or `pods` (server replicas, `SERVER-INDEX`).
+//! - The Kubernetes custom metrics API, `custom.metrics.k8s.io` `v1beta1` and
+//!   `v1beta2` (the shapes of `k8s.io/metrics/pkg/apis/custom_metrics`), served on the
+//!   authenticated API port and on the TLS listener of `--custom-metrics-addr` that an
+//!   `APIService` points at:
+//!   - discovery: `/apis` (APIGroupList), `/apis/custom.metrics.k8s.io` (APIGroup),
+//!     `/apis/custom.metrics.k8s.io/VERSION` (APIResourceList: `RESOURCE/METRIC` for
+//!     `models.mlops.seldon.io`, `servers.mlops.seldon.io`, `pods` and `namespaces`);
+//!   - `/apis/custom.metrics.k8s.io/VERSION/namespaces/NS/RESOURCE/NAME/METRIC`, where
+//!     NAME `*` lists every object matching `?labelSelector=` (the HPA's Pods metric);
+//!   - `/apis/custom.metrics.k8s.io/VERSION/namespaces/NS/metrics/METRIC` (the
+//!     namespace as the described object);
+//!   - `?metricLabelSelector=a=b,c=d` and `?source=builtin|prometheus`.
+//!
+//!   RESOURCE is `models.mlops.seldon.io`, `servers.mlops.seldon.io` or `pods` (server
+//!   replicas, `SERVER-INDEX`). Errors are `metav1.Status` objects.
 //! - `/api/v1/hpas`, `/api/v1/hpas/NAME` (GET, DELETE): HPA status for the CLI.
+//!
+//! [`object_values`] is the one place values are computed; the KEDA external scaler
+//! uses it too.
 
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use coscale_api::rest::{ApplyResponse, ObjectResult};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiError;
-use crate::hpa_controller::{Described, HpaStatus, MetricRequest, Source};
+use crate::hpa_controller::{pod_name, quantity, Described, HpaStatus, MetricRequest, Source};
+use crate::metrics_store::MetricName;
 use crate::service::{now_millis, ControlPlane};
 
-/// The routes of this module (authenticated by the caller's layer).
+/// The API group.
+pub const GROUP: &str = "custom.metrics.k8s.io";
+/// Served versions, preferred first.
+pub const VERSIONS: [&str; 2] = ["v1beta2", "v1beta1"];
+
+/// The HPA status routes (authenticated by the caller's layer).
 pub fn routes() -> Router<ControlPlane> {
     Router::new()
         .route("/api/v1/hpas", get(list_hpas))
         .route("/api/v1/hpas/{name}", get(get_hpa).delete(delete_hpa))
+        .merge(api_routes())
+}
+
+/// The custom metrics API routes (discovery included).
+pub fn api_routes() -> Router<ControlPlane> {
+    Router::new()
+        .route("/apis", get(group_list))
+        .route("/apis/custom.metrics.k8s.io", get(group))
+        .route("/apis/custom.metrics.k8s.io/{version}", get(resource_list))
         .route(
-            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/metrics/{metric}",
+            "/apis/custom.metrics.k8s.io/{version}/namespaces/{ns}/metrics/{metric}",
             get(namespace_metric),
         )
         .route(
-            "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{resource}/{name}/{metric}",
+            "/apis/custom.metrics.k8s.io/{version}/namespaces/{ns}/{resource}/{name}/{metric}",
             get(object_metric),
         )
 }
@@ -70,49 +99,542 @@ async fn delete_hpa(
     }))
 }
 
+/// A Kubernetes `metav1.Status` error.
+#[derive(Debug)]
+pub struct StatusError {
+    pub code: StatusCode,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl StatusError {
+    fn not_found(message: String) -> Self {
+        Self {
+            code: StatusCode::NOT_FOUND,
+            reason: "NotFound",
+            message,
+        }
+    }
+
+    fn bad_request(message: String) -> Self {
+        Self {
+            code: StatusCode::BAD_REQUEST,
+            reason: "BadRequest",
+            message,
+        }
+    }
+}
+
+impl IntoResponse for StatusError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        (self.code, Json(body)).into_response()
+    }
+}
+
+impl From<ApiError> for StatusError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::NotFound(m) => Self::not_found(m),
+            other => Self::bad_request(other.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetricQuery {
+    #[serde(default)]
+    label_selector: Option<String>,
     #[serde(default)]
     metric_label_selector: Option<String>,
     #[serde(default)]
     source: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// `core/v1` `ObjectReference` of the described object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct DescribedObject {
-    kind: String,
-    namespace: String,
-    name: String,
-    api_version: String,
+pub struct DescribedObject {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub api_version: String,
 }
 
-#[derive(Debug, Serialize)]
-struct MetricIdentifier {
-    name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    selector: Option<serde_json::Value>,
+/// One value of a metric for one object, whatever the API version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectValue {
+    pub object: DescribedObject,
+    pub metric: String,
+    /// The metric label selector (`matchLabels`), empty when none.
+    pub selector: BTreeMap<String, String>,
+    pub unix_millis: u64,
+    pub window_seconds: u64,
+    pub value: f64,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MetricValue {
-    described_object: DescribedObject,
-    metric: MetricIdentifier,
-    timestamp: String,
-    window_seconds: u64,
-    value: String,
+/// The kinds of object metrics are served for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Model,
+    Server,
+    Pod,
 }
 
-/// `custom.metrics.k8s.io/v1beta2` `MetricValueList`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MetricValueList {
-    kind: &'static str,
-    api_version: &'static str,
-    metadata: serde_json::Value,
-    items: Vec<MetricValue>,
+impl ObjectKind {
+    /// From a custom metrics API resource (`models.mlops.seldon.io`, `pods`, ...).
+    pub fn from_resource(resource: &str) -> Option<Self> {
+        match resource {
+            "models.mlops.seldon.io" | "models" => Some(Self::Model),
+            "servers.mlops.seldon.io" | "servers" => Some(Self::Server),
+            "pods" | "pod" => Some(Self::Pod),
+            _ => None,
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Self::Model => "Model",
+            Self::Server => "Server",
+            Self::Pod => "Pod",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Self::Model | Self::Server => coscale_core::resources::SELDON_API_VERSION,
+            Self::Pod => "v1",
+        }
+    }
+
+    fn described(self, name: &str) -> Described {
+        match self {
+            Self::Model => Described::Model(name.to_owned()),
+            Self::Server => Described::Server(name.to_owned()),
+            Self::Pod => Described::Pod(name.to_owned()),
+        }
+    }
+}
+
+/// Which objects a query covers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Objects {
+    /// One object by name.
+    Named(ObjectKind, String),
+    /// Every object of a kind whose labels match (`*` with `labelSelector`).
+    Matching(ObjectKind, LabelSelector),
+    /// The namespace itself.
+    Namespace,
+}
+
+/// A parsed Kubernetes label selector (`a=b,c!=d,e in (f,g),h,!i`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LabelSelector(Vec<Requirement>);
+
+#[derive(Debug, Clone, PartialEq)]
+enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+impl LabelSelector {
+    /// Parses the string form; an error names the part that is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut depth = 0i32;
+        let mut cur = String::new();
+        for c in text.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if c == ',' && depth == 0 {
+                parts.push(std::mem::take(&mut cur));
+            } else {
+                cur.push(c);
+            }
+        }
+        parts.push(cur);
+        let mut reqs = Vec::new();
+        for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            reqs.push(Self::requirement(part).ok_or_else(|| {
+                format!("labelSelector {text:?}: {part:?} is not a label requirement")
+            })?);
+        }
+        Ok(Self(reqs))
+    }
+
+    fn requirement(part: &str) -> Option<Requirement> {
+        let set = |rest: &str| -> Option<Vec<String>> {
+            let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+            Some(
+                inner
+                    .split(',')
+                    .map(|v| v.trim().to_owned())
+                    .filter(|v| !v.is_empty())
+                    .collect(),
+            )
+        };
+        if let Some((k, v)) = part.split_once("!=") {
+            return Some(Requirement::NotEquals(
+                k.trim().to_owned(),
+                v.trim().to_owned(),
+            ));
+        }
+        if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            return Some(Requirement::Equals(
+                k.trim().to_owned(),
+                v.trim().to_owned(),
+            ));
+        }
+        if let Some((k, rest)) = part.split_once(" notin ") {
+            return Some(Requirement::NotIn(k.trim().to_owned(), set(rest)?));
+        }
+        if let Some((k, rest)) = part.split_once(" in ") {
+            return Some(Requirement::In(k.trim().to_owned(), set(rest)?));
+        }
+        if let Some(k) = part.strip_prefix('!') {
+            return Some(Requirement::NotExists(k.trim().to_owned()));
+        }
+        let valid = part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        valid.then(|| Requirement::Exists(part.to_owned()))
+    }
+
+    /// Whether an object with these labels is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|r| match r {
+            Requirement::Equals(k, v) => labels.get(k) == Some(v),
+            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+            Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
+            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
+            Requirement::Exists(k) => labels.contains_key(k),
+            Requirement::NotExists(k) => !labels.contains_key(k),
+        })
+    }
+}
+
+/// Labels of a server replica's pod, as the operator's StatefulSet sets them.
+pub fn pod_labels(server: &str, pod: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "coscale".to_owned(),
+        ),
+        ("mlops.seldon.io/server".to_owned(), server.to_owned()),
+        (
+            "statefulset.kubernetes.io/pod-name".to_owned(),
+            pod.to_owned(),
+        ),
+    ])
+}
+
+/// Names of the objects of a kind in a namespace that a selector matches.
+fn matching_names(
+    cp: &ControlPlane,
+    kind: ObjectKind,
+    namespace: &str,
+    selector: &LabelSelector,
+) -> Vec<String> {
+    let st = cp.state();
+    let in_ns = |meta: &coscale_core::resources::Meta| {
+        meta.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    };
+    match kind {
+        ObjectKind::Model => st
+            .models
+            .values()
+            .filter(|r| {
+                !r.deleted && in_ns(&r.model.meta) && selector.matches(&r.model.meta.labels)
+            })
+            .map(|r| r.model.name.to_string())
+            .collect(),
+        ObjectKind::Server => st
+            .servers
+            .values()
+            .filter(|r| in_ns(&r.server.meta) && selector.matches(&r.server.meta.labels))
+            .map(|r| r.server.name.to_string())
+            .collect(),
+        ObjectKind::Pod => st
+            .connected_keys()
+            .into_iter()
+            .filter(|(s, _)| st.servers.get(s).is_some_and(|r| in_ns(&r.server.meta)))
+            .map(|(s, i)| (s.to_string(), pod_name(&s, i)))
+            .filter(|(s, pod)| selector.matches(&pod_labels(s, pod)))
+            .map(|(_, pod)| pod)
+            .collect(),
+    }
+}
+
+fn parse_source(source: Option<&str>) -> Result<Source, String> {
+    match source {
+        None | Some("") => Ok(Source::Configured),
+        Some("builtin") => Ok(Source::Builtin),
+        Some("prometheus") => Ok(Source::Prometheus),
+        Some(other) => Err(format!("source {other:?}: use builtin or prometheus")),
+    }
+}
+
+/// The values of one metric for the objects of a query: one item per object that has
+/// a value (a named object without one is an error; `*` skips objects without one).
+pub async fn object_values(
+    cp: &ControlPlane,
+    namespace: &str,
+    objects: &Objects,
+    metric: &str,
+    metric_selector: BTreeMap<String, String>,
+    source: Source,
+) -> Result<Vec<ObjectValue>, StatusError> {
+    if MetricName::parse(metric).is_none() && cp.config().hpa.prometheus.is_none() {
+        let known: Vec<&str> = MetricName::ALL.iter().map(|(n, _)| *n).collect();
+        return Err(StatusError::not_found(format!(
+            "metric {metric:?} is not served; built-in metrics: {}",
+            known.join(", ")
+        )));
+    }
+    let targets: Vec<(Described, DescribedObject)> = match objects {
+        Objects::Named(kind, name) => vec![(
+            kind.described(name),
+            DescribedObject {
+                kind: kind.kind().to_owned(),
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+                api_version: kind.api_version().to_owned(),
+            },
+        )],
+        Objects::Matching(kind, selector) => matching_names(cp, *kind, namespace, selector)
+            .into_iter()
+            .map(|name| {
+                (
+                    kind.described(&name),
+                    DescribedObject {
+                        kind: kind.kind().to_owned(),
+                        namespace: namespace.to_owned(),
+                        name,
+                        api_version: kind.api_version().to_owned(),
+                    },
+                )
+            })
+            .collect(),
+        Objects::Namespace => vec![(
+            Described::Namespace,
+            DescribedObject {
+                kind: "Namespace".to_owned(),
+                namespace: namespace.to_owned(),
+                name: namespace.to_owned(),
+                api_version: "v1".to_owned(),
+            },
+        )],
+    };
+    let requests: Vec<MetricRequest> = targets
+        .iter()
+        .map(|(d, _)| MetricRequest {
+            metric: metric.to_owned(),
+            namespace: namespace.to_owned(),
+            described: d.clone(),
+            selector: metric_selector.clone(),
+        })
+        .collect();
+    let window_seconds = match (source, &cp.config().hpa.prometheus) {
+        (Source::Builtin, _) | (Source::Configured, None) => {
+            cp.config().hpa.metrics_window.as_secs()
+        }
+        _ => 0,
+    };
+    let values = cp
+        .metric_values(&requests, source)
+        .await
+        .map_err(StatusError::bad_request)?;
+    let now = now_millis();
+    let mut out = Vec::new();
+    for (request, (_, object)) in requests.iter().zip(targets) {
+        match values
+            .get(request)
+            .cloned()
+            .unwrap_or_else(|| Err("not fetched".to_owned()))
+        {
+            Ok(value) => out.push(ObjectValue {
+                object,
+                metric: metric.to_owned(),
+                selector: metric_selector.clone(),
+                unix_millis: now,
+                window_seconds,
+                value,
+            }),
+            Err(e) if matches!(objects, Objects::Named(..) | Objects::Namespace) => {
+                return Err(StatusError::not_found(format!(
+                    "metric {metric} for {} {}: {e}",
+                    object.kind, object.name
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// `matchLabels` of a metric selector, or JSON null (Go's nil `*LabelSelector`).
+fn selector_json(selector: &BTreeMap<String, String>) -> serde_json::Value {
+    if selector.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({ "matchLabels": selector })
+    }
+}
+
+/// A `MetricValueList` of the given version.
+pub fn value_list(version: &str, items: &[ObjectValue]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|v| {
+            let mut item = serde_json::json!({
+                "describedObject": v.object,
+                "timestamp": rfc3339(v.unix_millis),
+                "value": quantity(v.value).to_string(),
+            });
+            if version == "v1beta1" {
+                item["metricName"] = serde_json::json!(v.metric);
+                item["window"] = serde_json::json!(v.window_seconds);
+                item["selector"] = selector_json(&v.selector);
+            } else {
+                item["metric"] = serde_json::json!({
+                    "name": v.metric,
+                    "selector": selector_json(&v.selector),
+                });
+                item["windowSeconds"] = serde_json::json!(v.window_seconds);
+            }
+            item
+        })
+        .collect();
+    serde_json::json!({
+        "kind": "MetricValueList",
+        "apiVersion": format!("{GROUP}/{version}"),
+        "metadata": {},
+        "items": items,
+    })
+}
+
+fn check_version(version: &str) -> Result<(), StatusError> {
+    if VERSIONS.contains(&version) {
+        Ok(())
+    } else {
+        Err(StatusError::not_found(format!(
+            "{GROUP}/{version} is not served; versions: {}",
+            VERSIONS.join(", ")
+        )))
+    }
+}
+
+async fn group_list() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [group_json()],
+    }))
+}
+
+fn group_json() -> serde_json::Value {
+    let versions: Vec<serde_json::Value> = VERSIONS
+        .iter()
+        .map(|v| serde_json::json!({ "groupVersion": format!("{GROUP}/{v}"), "version": v }))
+        .collect();
+    serde_json::json!({
+        "name": GROUP,
+        "versions": versions,
+        "preferredVersion": { "groupVersion": format!("{GROUP}/{}", VERSIONS[0]), "version": VERSIONS[0] },
+    })
+}
+
+async fn group() -> Json<serde_json::Value> {
+    let mut g = group_json();
+    g["kind"] = serde_json::json!("APIGroup");
+    g["apiVersion"] = serde_json::json!("v1");
+    Json(g)
+}
+
+/// The `APIResourceList` of a version: one resource per (object kind, metric).
+pub fn resources_json(version: &str) -> serde_json::Value {
+    let mut resources = Vec::new();
+    for (metric, _) in MetricName::ALL {
+        for (resource, namespaced) in [
+            ("models.mlops.seldon.io", true),
+            ("servers.mlops.seldon.io", true),
+            ("pods", true),
+            ("namespaces", false),
+        ] {
+            resources.push(serde_json::json!({
+                "name": format!("{resource}/{metric}"),
+                "singularName": "",
+                "namespaced": namespaced,
+                "kind": "MetricValueList",
+                "verbs": ["get"],
+            }));
+        }
+    }
+    serde_json::json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{GROUP}/{version}"),
+        "resources": resources,
+    })
+}
+
+async fn resource_list(
+    Path(version): Path<String>,
+) -> Result<Json<serde_json::Value>, StatusError> {
+    check_version(&version)?;
+    Ok(Json(resources_json(&version)))
+}
+
+async fn object_metric(
+    AxState(cp): AxState<ControlPlane>,
+    Path((version, ns, resource, name, metric)): Path<(String, String, String, String, String)>,
+    Query(q): Query<MetricQuery>,
+) -> Result<Json<serde_json::Value>, StatusError> {
+    check_version(&version)?;
+    let kind = ObjectKind::from_resource(&resource).ok_or_else(|| {
+        StatusError::not_found(format!(
+            "resource {resource:?}: use models.mlops.seldon.io, servers.mlops.seldon.io or pods"
+        ))
+    })?;
+    let objects = if name == "*" {
+        let selector = LabelSelector::parse(q.label_selector.as_deref().unwrap_or(""))
+            .map_err(StatusError::bad_request)?;
+        Objects::Matching(kind, selector)
+    } else {
+        Objects::Named(kind, name)
+    };
+    let source = parse_source(q.source.as_deref()).map_err(StatusError::bad_request)?;
+    let selector = parse_selector(q.metric_label_selector.as_deref())?;
+    let items = object_values(&cp, &ns, &objects, &metric, selector, source).await?;
+    Ok(Json(value_list(&version, &items)))
+}
+
+async fn namespace_metric(
+    AxState(cp): AxState<ControlPlane>,
+    Path((version, ns, metric)): Path<(String, String, String)>,
+    Query(q): Query<MetricQuery>,
+) -> Result<Json<serde_json::Value>, StatusError> {
+    check_version(&version)?;
+    let source = parse_source(q.source.as_deref()).map_err(StatusError::bad_request)?;
+    let selector = parse_selector(q.metric_label_selector.as_deref())?;
+    let items = object_values(&cp, &ns, &Objects::Namespace, &metric, selector, source).await?;
+    Ok(Json(value_list(&version, &items)))
 }
 
 fn parse_selector(text: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
@@ -156,127 +678,6 @@ fn rfc3339(unix_millis: u64) -> String {
     )
 }
 
-async fn answer(
-    cp: ControlPlane,
-    request: MetricRequest,
-    object: DescribedObject,
-    source: Option<String>,
-) -> Result<Json<MetricValueList>, ApiError> {
-    let source = match source.as_deref() {
-        None | Some("") => Source::Configured,
-        Some("builtin") => Source::Builtin,
-        Some("prometheus") => Source::Prometheus,
-        Some(other) => {
-            return Err(ApiError::Invalid {
-                message: format!("source {other:?}: use builtin or prometheus"),
-                details: Vec::new(),
-            })
-        }
-    };
-    let window_seconds = match (source, &cp.config().hpa.prometheus) {
-        (Source::Builtin, _) | (Source::Configured, None) => {
-            cp.config().hpa.metrics_window.as_secs()
-        }
-        _ => 0,
-    };
-    let values = cp
-        .metric_values(std::slice::from_ref(&request), source)
-        .await
-        .map_err(|e| ApiError::Invalid {
-            message: e,
-            details: Vec::new(),
-        })?;
-    let value = values
-        .get(&request)
-        .cloned()
-        .unwrap_or_else(|| Err("not fetched".to_owned()))
-        .map_err(|e| {
-            ApiError::NotFound(format!(
-                "metric {} for {} {}: {e}",
-                request.metric, object.kind, object.name
-            ))
-        })?;
-    let selector = (!request.selector.is_empty())
-        .then(|| serde_json::json!({ "matchLabels": request.selector }));
-    let milli = (value * 1000.0).round();
-    let quantity = coscale_core::quantity::Quantity::from_milli(
-        milli.clamp(i64::MIN as f64, i64::MAX as f64) as i64,
-    );
-    Ok(Json(MetricValueList {
-        kind: "MetricValueList",
-        api_version: "custom.metrics.k8s.io/v1beta2",
-        metadata: serde_json::json!({}),
-        items: vec![MetricValue {
-            described_object: object,
-            metric: MetricIdentifier {
-                name: request.metric.clone(),
-                selector,
-            },
-            timestamp: rfc3339(now_millis()),
-            window_seconds,
-            value: quantity.to_string(),
-        }],
-    }))
-}
-
-async fn object_metric(
-    AxState(cp): AxState<ControlPlane>,
-    Path((ns, resource, name, metric)): Path<(String, String, String, String)>,
-    Query(q): Query<MetricQuery>,
-) -> Result<Json<MetricValueList>, ApiError> {
-    let (described, kind, api_version) = match resource.as_str() {
-        "models.mlops.seldon.io" | "models" => (
-            Described::Model(name.clone()),
-            "Model",
-            coscale_core::resources::SELDON_API_VERSION,
-        ),
-        "servers.mlops.seldon.io" | "servers" => (
-            Described::Server(name.clone()),
-            "Server",
-            coscale_core::resources::SELDON_API_VERSION,
-        ),
-        "pods" => (Described::Pod(name.clone()), "Pod", "v1"),
-        other => {
-            return Err(ApiError::NotFound(format!(
-                "resource {other:?}: use models.mlops.seldon.io, servers.mlops.seldon.io or pods"
-            )))
-        }
-    };
-    let request = MetricRequest {
-        metric,
-        namespace: ns.clone(),
-        described,
-        selector: parse_selector(q.metric_label_selector.as_deref())?,
-    };
-    let object = DescribedObject {
-        kind: kind.to_owned(),
-        namespace: ns,
-        name,
-        api_version: api_version.to_owned(),
-    };
-    answer(cp, request, object, q.source).await
-}
-
-async fn namespace_metric(
-    AxState(cp): AxState<ControlPlane>,
-    Path((ns, metric)): Path<(String, String)>,
-    Query(q): Query<MetricQuery>,
-) -> Result<Json<MetricValueList>, ApiError> {
-    let request = MetricRequest {
-        metric,
-        namespace: ns.clone(),
-        described: Described::Namespace,
-        selector: parse_selector(q.metric_label_selector.as_deref())?,
-    };
-    let object = DescribedObject {
-        kind: "Namespace".to_owned(),
-        namespace: ns.clone(),
-        name: ns,
-        api_version: "v1".to_owned(),
-    };
-    answer(cp, request, object, q.source).await
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -287,6 +688,36 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_833_667_000), "2026-11-28T02:41:07Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn label_selectors_match_like_kubernetes() {
+        let labels = pod_labels("mlserver", "mlserver-1");
+        let yes = [
+            "",
+            "mlops.seldon.io/server=mlserver",
+            "mlops.seldon.io/server==mlserver,app.kubernetes.io/managed-by=coscale",
+            "mlops.seldon.io/server in (a, mlserver)",
+            "mlops.seldon.io/server notin (a,b)",
+            "statefulset.kubernetes.io/pod-name",
+            "!other",
+            "mlops.seldon.io/server!=other",
+        ];
+        for s in yes {
+            assert!(LabelSelector::parse(s).unwrap().matches(&labels), "{s}");
+        }
+        let no = [
+            "mlops.seldon.io/server=other",
+            "mlops.seldon.io/server in (a,b)",
+            "other",
+            "!mlops.seldon.io/server",
+            "mlops.seldon.io/server!=mlserver",
+        ];
+        for s in no {
+            assert!(!LabelSelector::parse(s).unwrap().matches(&labels), "{s}");
+        }
+        assert!(LabelSelector::parse("a in b").is_err());
+        assert!(LabelSelector::parse("bad key").is_err());
     }
 
     #[test]

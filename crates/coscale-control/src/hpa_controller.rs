@@ -162,11 +162,11 @@ pub struct HpaMemory {
     pub metrics: MetricsStore,
 }
 
-fn pod_name(server: &ServerName, replica: ReplicaIndex) -> String {
+pub(crate) fn pod_name(server: &ServerName, replica: ReplicaIndex) -> String {
     format!("{server}-{}", replica.0)
 }
 
-fn quantity(v: f64) -> Quantity {
+pub(crate) fn quantity(v: f64) -> Quantity {
     let milli = (v * 1000.0).round();
     Quantity::from_milli(milli.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
 }

@@ -9,13 +9,16 @@
 //! over the wire or through the routing-table channel only).
 
 pub mod api;
+pub mod auth;
 pub mod autoscaling;
 pub mod configs;
 pub mod custom_metrics;
 pub mod hpa_controller;
+pub mod keda;
 pub mod metrics_store;
 pub mod prometheus;
 pub mod provision;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;

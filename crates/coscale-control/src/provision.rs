@@ -1,8 +1,17 @@
-//! The local provisioner: runs each Server's replicas as child processes
-//! (`coscale agent ...`), ordinals 0..N-1 like a StatefulSet, restarts crashed ones
-//! with backoff, and removes the highest ordinals first, after draining them.
+//! The provisioner: keeps each Server's replicas at its desired count, ordinals
+//! 0..N-1 like a StatefulSet, and removes the highest ordinals first, after their
+//! models are available elsewhere. Two backends share that drain protocol:
+//!
+//! - [`Backend::Local`]: replicas are child processes (`coscale agent ...`), restarted
+//!   with backoff when they crash, told to `Drain` when they are removed.
+//! - [`Backend::External`]: replicas are started by someone else (a Kubernetes
+//!   StatefulSet) and connect by themselves; the count the StatefulSet should have is
+//!   published as the Server's `scaleTarget`, and the agents leave on SIGTERM.
+//!
+//! With both, an agent that announces it is leaving is told to `Drain` once its models
+//! are available elsewhere (or after the drain timeout).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -54,20 +63,30 @@ impl Default for ProvisionConfig {
     }
 }
 
+/// Where server replicas come from.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Child processes of this process.
+    Local(AgentCommand),
+    /// Started elsewhere (Kubernetes pods); they connect by themselves.
+    External,
+}
+
 enum Phase {
     Running,
     /// Marked draining; waiting for its models to be available elsewhere.
     Draining {
         since: Instant,
     },
-    /// Told to exit; waiting for it to go.
-    Stopping {
+    /// Released: told to exit (local) or left out of the scale target (external).
+    Released {
         since: Instant,
     },
 }
 
 struct Replica {
-    child: Child,
+    /// The process, for the local backend.
+    child: Option<Child>,
     phase: Phase,
 }
 
@@ -77,18 +96,22 @@ struct Backoff {
     not_before: Option<Instant>,
 }
 
+type Key = (ServerName, u32);
+
 /// Runs the provisioner until `shutdown` resolves, then stops every child.
 pub async fn run(
     cp: ControlPlane,
-    cmd: AgentCommand,
+    backend: Backend,
     config: ProvisionConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut children: BTreeMap<(ServerName, u32), Replica> = BTreeMap::new();
-    let mut backoff: HashMap<(ServerName, u32), Backoff> = HashMap::new();
-    if let Err(e) = std::fs::create_dir_all(&cmd.log_dir) {
-        warn!("cannot create log dir {}: {e}", cmd.log_dir.display());
+    let mut replicas: BTreeMap<Key, Replica> = BTreeMap::new();
+    let mut backoff: HashMap<Key, Backoff> = HashMap::new();
+    if let Backend::Local(cmd) = &backend {
+        if let Err(e) = std::fs::create_dir_all(&cmd.log_dir) {
+            warn!("cannot create log dir {}: {e}", cmd.log_dir.display());
+        }
     }
     let mut tick = tokio::time::interval(config.tick);
     loop {
@@ -97,28 +120,41 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let launches = cp.state().server_launches();
-        step(&cp, &cmd, &config, &launches, &mut children, &mut backoff);
+        match &backend {
+            Backend::Local(cmd) => {
+                sync_local(&cp, cmd, &config, &launches, &mut replicas, &mut backoff)
+            }
+            Backend::External => sync_external(&cp, &mut replicas),
+        }
+        remove_unwanted(&cp, &backend, &config, &launches, &mut replicas);
+        drain_leaving(&cp, &config);
+        publish_scale_targets(&cp, &launches, &replicas);
     }
+    let children: Vec<Child> = std::mem::take(&mut replicas)
+        .into_values()
+        .filter_map(|r| r.child)
+        .collect();
     info!(replicas = children.len(), "stopping server replicas");
-    for (_, mut r) in std::mem::take(&mut children) {
-        let _ = r.child.start_kill();
-        let _ = r.child.wait().await;
+    for mut child in children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
     }
 }
 
-fn step(
+/// Local backend: reaps exited children (restarting crashed ones with backoff) and
+/// starts missing replicas.
+fn sync_local(
     cp: &ControlPlane,
     cmd: &AgentCommand,
     config: &ProvisionConfig,
     launches: &BTreeMap<ServerName, ServerLaunch>,
-    children: &mut BTreeMap<(ServerName, u32), Replica>,
-    backoff: &mut HashMap<(ServerName, u32), Backoff>,
+    children: &mut BTreeMap<Key, Replica>,
+    backoff: &mut HashMap<Key, Backoff>,
 ) {
     let now = Instant::now();
-    // reap exited children
     let mut exited = Vec::new();
     for (key, r) in children.iter_mut() {
-        if let Ok(Some(status)) = r.child.try_wait() {
+        if let Some(Ok(Some(status))) = r.child.as_mut().map(Child::try_wait) {
             exited.push((key.clone(), status, matches!(r.phase, Phase::Running)));
         }
     }
@@ -151,7 +187,6 @@ fn step(
             );
         }
     }
-    // start missing replicas
     for (server, launch) in launches {
         for idx in 0..launch.replicas {
             let key = (server.clone(), idx);
@@ -171,7 +206,7 @@ fn step(
                     children.insert(
                         key,
                         Replica {
-                            child,
+                            child: Some(child),
                             phase: Phase::Running,
                         },
                     );
@@ -185,47 +220,140 @@ fn step(
             }
         }
     }
-    // remove replicas that are no longer wanted: highest ordinals, drained first
-    for ((server, idx), r) in children.iter_mut() {
+    backoff.retain(|k, _| children.contains_key(k) || launches.contains_key(&k.0));
+}
+
+/// External backend: the replicas are the connected agents.
+fn sync_external(cp: &ControlPlane, replicas: &mut BTreeMap<Key, Replica>) {
+    let connected: BTreeSet<Key> = cp
+        .state()
+        .connected_keys()
+        .into_iter()
+        .map(|(s, i)| (s, i.0))
+        .collect();
+    replicas.retain(|k, _| connected.contains(k));
+    for key in connected {
+        replicas.entry(key).or_insert(Replica {
+            child: None,
+            phase: Phase::Running,
+        });
+    }
+}
+
+/// Removes replicas that are no longer wanted: the highest ordinals, drained first.
+fn remove_unwanted(
+    cp: &ControlPlane,
+    backend: &Backend,
+    config: &ProvisionConfig,
+    launches: &BTreeMap<ServerName, ServerLaunch>,
+    replicas: &mut BTreeMap<Key, Replica>,
+) {
+    let now = Instant::now();
+    for ((server, idx), r) in replicas.iter_mut() {
         let launch = launches.get(server);
         let wanted = launch.is_some_and(|l| *idx < l.replicas);
+        let ri = ReplicaIndex(*idx);
         if wanted {
-            if matches!(r.phase, Phase::Draining { .. }) {
-                // wanted again before it was told to go: keep it
-                cp.state().clear_draining(server, ReplicaIndex(*idx));
+            // Wanted again (scaled back up) before it went: keep it. A local replica
+            // already told to drain is left to exit and started again.
+            let keep = match r.phase {
+                Phase::Running => false,
+                Phase::Draining { .. } => true,
+                Phase::Released { .. } => r.child.is_none(),
+            };
+            if keep {
+                cp.state().clear_draining(server, ri);
                 r.phase = Phase::Running;
             }
             continue;
         }
-        let ri = ReplicaIndex(*idx);
         match r.phase {
             Phase::Running => {
+                cp.state().set_draining(server, ri);
                 if launch.is_none() {
-                    // server deleted: stop right away
-                    cp.drain_replica(server, ri);
-                    r.phase = Phase::Stopping { since: now };
+                    // server deleted: release right away
+                    release(cp, backend, server, ri);
+                    r.phase = Phase::Released { since: now };
                 } else {
-                    cp.state().set_draining(server, ri);
                     cp.reconcile_now();
                     r.phase = Phase::Draining { since: now };
                 }
             }
             Phase::Draining { since } => {
                 let ready = cp.state().replica_can_stop(server, ri);
-                if ready || now.duration_since(since) > config.drain_timeout {
-                    cp.drain_replica(server, ri);
-                    r.phase = Phase::Stopping { since: now };
+                let late = now.duration_since(since) > config.drain_timeout;
+                if late && !ready {
+                    warn!(%server, idx, "models of a removed replica are not available elsewhere after the drain timeout; releasing it anyway");
+                }
+                if ready || late {
+                    release(cp, backend, server, ri);
+                    r.phase = Phase::Released { since: now };
                 }
             }
-            Phase::Stopping { since } => {
+            Phase::Released { since } => {
                 if now.duration_since(since) > config.exit_timeout {
-                    warn!(%server, idx, "replica did not exit after drain; killing it");
-                    let _ = r.child.start_kill();
+                    if let Some(child) = r.child.as_mut() {
+                        warn!(%server, idx, "replica did not exit after drain; killing it");
+                        let _ = child.start_kill();
+                    }
                 }
             }
         }
     }
-    backoff.retain(|k, _| children.contains_key(k) || launches.contains_key(&k.0));
+}
+
+/// A drained replica may go: a local one is told to drain and exit; an external one
+/// leaves the scale target (Kubernetes deletes the pod; its agent drains on SIGTERM).
+fn release(cp: &ControlPlane, backend: &Backend, server: &ServerName, replica: ReplicaIndex) {
+    match backend {
+        Backend::Local(_) => cp.drain_replica(server, replica),
+        Backend::External => {
+            info!(%server, %replica, "replica released: left out of the scale target");
+            cp.reconcile_now();
+        }
+    }
+}
+
+/// Agents that announced they are leaving are told to drain once their models are
+/// available elsewhere, or after the drain timeout.
+fn drain_leaving(cp: &ControlPlane, config: &ProvisionConfig) {
+    let now = now_millis();
+    let leaving = cp.state().leaving_replicas();
+    for (server, replica, since) in leaving {
+        let ready = cp.state().replica_can_stop(&server, replica);
+        let waited = Duration::from_millis(now.saturating_sub(since));
+        if ready || waited > config.drain_timeout {
+            info!(%server, %replica, ready, "leaving replica told to drain");
+            cp.drain_replica(&server, replica);
+        }
+    }
+}
+
+/// The count each Server's replica set should have: the desired count, or more while
+/// a removed replica still holds models that are not available elsewhere (a
+/// StatefulSet removes the highest ordinals first).
+fn publish_scale_targets(
+    cp: &ControlPlane,
+    launches: &BTreeMap<ServerName, ServerLaunch>,
+    replicas: &BTreeMap<Key, Replica>,
+) {
+    let targets = launches
+        .iter()
+        .map(|(server, launch)| {
+            let pending = replicas
+                .iter()
+                .filter(|((s, idx), r)| {
+                    s == server
+                        && *idx >= launch.replicas
+                        && !matches!(r.phase, Phase::Released { .. })
+                })
+                .map(|((_, idx), _)| idx.saturating_add(1))
+                .max()
+                .unwrap_or(0);
+            (server.clone(), launch.replicas.max(pending))
+        })
+        .collect();
+    cp.state().set_scale_targets(targets);
 }
 
 fn spawn(

@@ -19,7 +19,9 @@ use coscale_core::ids::{ModelName, ReplicaIndex, ServerName};
 use futures::Stream;
 use tokio::sync::{mpsc, watch, Notify};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use crate::auth::{AuthError, Authenticator, Identity};
 
 use crate::state::{AgentEventKind, AgentInfo, Command, Persist, State};
 use crate::store::{Store, StoreError};
@@ -38,6 +40,8 @@ pub struct ControlConfig {
     pub autoscale: crate::autoscaling::AutoscaleConfig,
     /// HorizontalPodAutoscaler controller settings and metrics source.
     pub hpa: crate::hpa_controller::HpaConfig,
+    /// `--auth kubernetes`: also accept ServiceAccount tokens checked by TokenReview.
+    pub token_review: Option<crate::auth::TokenReviewConfig>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -60,6 +64,7 @@ type Registered = (
 
 struct Inner {
     config: ControlConfig,
+    auth: Authenticator,
     state: Mutex<State>,
     store: Store,
     agents: Mutex<HashMap<(ServerName, ReplicaIndex), (u64, Outbound)>>,
@@ -76,7 +81,11 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Opens the store in the data directory and rebuilds the state from it.
-    pub fn open(config: ControlConfig) -> Result<Self, StoreError> {
+    pub fn open(config: ControlConfig) -> anyhow::Result<Self> {
+        let auth = match &config.token_review {
+            None => Authenticator::static_only(config.token.clone()),
+            Some(review) => Authenticator::with_token_review(config.token.clone(), review.clone())?,
+        };
         let store = Store::open(&config.data_dir)?;
         let snap = store.load()?;
         let mut state = State::from_records(snap.models, snap.servers, snap.configs);
@@ -90,6 +99,7 @@ impl ControlPlane {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
+                auth,
                 state: Mutex::new(state),
                 store,
                 agents: Mutex::new(HashMap::new()),
@@ -117,11 +127,14 @@ impl ControlPlane {
         }
     }
 
-    pub fn check_token(&self, presented: Option<&str>) -> bool {
-        let Some(p) = presented.and_then(|h| h.strip_prefix("Bearer ")) else {
-            return false;
-        };
-        constant_time_eq(p.trim().as_bytes(), self.inner.config.token.as_bytes())
+    /// Checks an `Authorization` header value (static token, or with `--auth
+    /// kubernetes` a ServiceAccount token); failures are logged with their reason.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Identity, AuthError> {
+        let r = self.inner.auth.authenticate(header).await;
+        if let Err(e) = &r {
+            debug!("request not authenticated: {e}");
+        }
+        r
     }
 
     /// Persists changes (one transaction), then reconciles and publishes.
@@ -202,7 +215,7 @@ impl ControlPlane {
 
     /// Tells a replica's agent to drain and exit, and keeps new placements off it.
     pub fn drain_replica(&self, server: &ServerName, replica: ReplicaIndex) {
-        self.state().set_draining(server, replica);
+        self.state().set_drain_sent(server, replica);
         if let Some((_, tx)) = self.agents().get(&(server.clone(), replica)) {
             let _ = tx.send(Ok(ControlMessage {
                 kind: Some(control_message::Kind::Drain(Drain {})),
@@ -252,6 +265,13 @@ impl ControlPlane {
                 reg.inference_grpc
             ))
         })?;
+        for (what, addr) in [("inference_http", http), ("inference_grpc", grpc)] {
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(Status::invalid_argument(format!(
+                    "register: {what} {addr} is not an address others can reach; the agent must advertise its own IP (COSCALE_ADVERTISE_HOST or POD_IP)"
+                )));
+            }
+        }
         let server = ServerName::new(reg.server.clone());
         let replica = ReplicaIndex(reg.replica);
         let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
@@ -327,6 +347,12 @@ impl ControlPlane {
             Some(agent_message::Kind::Stats(stats)) => {
                 self.state().ingest_stats(server, replica, session, &stats);
             }
+            Some(agent_message::Kind::Leaving(_)) => {
+                info!(%server, %replica, "agent is leaving");
+                self.state()
+                    .agent_leaving(server, replica, session, now_millis());
+                self.reconcile_now();
+            }
             Some(agent_message::Kind::Register(_)) | None => {}
         }
     }
@@ -346,13 +372,6 @@ impl ControlPlane {
             .agent_disconnected(server, replica, session, now_millis());
         self.reconcile_now();
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The tonic service for agents.
@@ -377,10 +396,8 @@ impl AgentService for AgentEndpoint {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        if !self.cp.check_token(auth) {
-            return Err(Status::unauthenticated(
-                "missing or wrong bearer token for the agent channel",
-            ));
+        if let Err(e) = self.cp.authenticate(auth).await {
+            return Err(Status::unauthenticated(format!("agent channel: {e}")));
         }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())

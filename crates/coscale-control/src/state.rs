@@ -136,6 +136,10 @@ pub struct ReplicaEntry {
     pub session: u64,
     /// Told to drain (being removed).
     pub draining: bool,
+    /// The agent said it is leaving (SIGTERM in a pod), at this time (Unix millis).
+    pub leaving_since: Option<u64>,
+    /// The agent was sent `Drain` (it stops taking requests and exits).
+    pub drain_sent: bool,
     pub models: BTreeMap<(ModelName, u32), ReplicaModel>,
 }
 
@@ -166,6 +170,9 @@ pub struct State {
     pub(crate) autoscale: crate::autoscaling::Memory,
     /// HorizontalPodAutoscalers, their histories and the built-in metrics.
     pub(crate) hpa: crate::hpa_controller::HpaMemory,
+    /// Replica count each Server's replica set should have now (the provisioner's
+    /// `scaleTarget`: lags a scale-down until the leaving replicas are drained).
+    scale_targets: BTreeMap<ServerName, u32>,
 }
 
 /// The latest stats of one model version on one replica.
@@ -485,6 +492,8 @@ impl State {
                 info,
                 session,
                 draining: false,
+                leaving_since: None,
+                drain_sent: false,
                 models,
             },
         );
@@ -602,10 +611,69 @@ impl State {
     }
 
     /// A replica marked draining is wanted again (scaled back up before it stopped).
+    /// A replica whose agent is leaving or was told to drain stays draining.
     pub fn clear_draining(&mut self, server: &ServerName, replica: ReplicaIndex) {
         if let Some(r) = self.replicas.get_mut(&(server.clone(), replica)) {
-            r.draining = false;
+            if r.leaving_since.is_none() && !r.drain_sent {
+                r.draining = false;
+            }
         }
+    }
+
+    /// The agent of a replica announced it is leaving (its pod got SIGTERM): no new
+    /// placements; its models are placed elsewhere before it is told to drain.
+    pub fn agent_leaving(
+        &mut self,
+        server: &ServerName,
+        replica: ReplicaIndex,
+        session: u64,
+        now: u64,
+    ) {
+        let Some(r) = self
+            .replicas
+            .get_mut(&(server.clone(), replica))
+            .filter(|r| r.session == session)
+        else {
+            return;
+        };
+        r.draining = true;
+        if r.leaving_since.is_none() {
+            r.leaving_since = Some(now);
+            self.event(
+                server_key(server.as_str()),
+                now,
+                false,
+                "ReplicaLeaving",
+                format!("replica {replica} is shutting down; its models are placed elsewhere"),
+            );
+        }
+    }
+
+    /// Replicas whose agent is leaving and was not told to drain yet, with since when.
+    pub fn leaving_replicas(&self) -> Vec<(ServerName, ReplicaIndex, u64)> {
+        self.replicas
+            .iter()
+            .filter(|(_, r)| !r.drain_sent)
+            .filter_map(|((s, i), r)| r.leaving_since.map(|t| (s.clone(), *i, t)))
+            .collect()
+    }
+
+    /// Records that a replica was told to drain (it is going away for good).
+    pub fn set_drain_sent(&mut self, server: &ServerName, replica: ReplicaIndex) {
+        if let Some(r) = self.replicas.get_mut(&(server.clone(), replica)) {
+            r.draining = true;
+            r.drain_sent = true;
+        }
+    }
+
+    /// Every connected replica (server, ordinal).
+    pub fn connected_keys(&self) -> Vec<(ServerName, ReplicaIndex)> {
+        self.replicas.keys().cloned().collect()
+    }
+
+    /// Publishes the replica count each Server's replica set should have now.
+    pub fn set_scale_targets(&mut self, targets: BTreeMap<ServerName, u32>) {
+        self.scale_targets = targets;
     }
 
     pub fn replica_session(&self, server: &ServerName, replica: ReplicaIndex) -> Option<u64> {
@@ -1121,6 +1189,7 @@ impl State {
             loaded_models,
             replicas,
             created_unix_millis: rec.created_unix_millis,
+            scale_target: self.scale_targets.get(name).copied(),
             events: self.events_of(&server_key(name)),
         })
     }

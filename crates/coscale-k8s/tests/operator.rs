@@ -54,6 +54,7 @@ async fn control_plane() -> ControlPlane {
             stats_interval: Duration::from_secs(1),
             autoscale: Default::default(),
             hpa: Default::default(),
+            token_review: None,
         })
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -239,6 +239,16 @@ impl Drop for Up {
     }
 }
 
+/// HPA settings for tests: 1 s sync, 5 s rate window, 3 s downscale stabilization.
+pub const FAST_HPA: &[&str] = &[
+    "--hpa-sync-period-seconds",
+    "1",
+    "--metrics-window-seconds",
+    "5",
+    "--hpa-downscale-stabilization-seconds",
+    "3",
+];
+
 /// Polls `probe` every 50 ms until it returns Some, or panics after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
@@ -343,5 +353,146 @@ impl Traffic {
             errors.extend(t.await.unwrap());
         }
         (self.ok.load(Ordering::Relaxed), errors)
+    }
+}
+
+/// A `coscale agent` started the way a Kubernetes StatefulSet pod runs it: configured
+/// through the environment only (`POD_NAME`, `POD_IP`, `COSCALE_*`), bound to 0.0.0.0.
+pub struct Pod {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Pod {
+    /// Starts pod `<server>-<ordinal>` against `up`'s agent channel; `env` adds or
+    /// overrides variables (e.g. `COSCALE_MEMORY_BYTES`).
+    pub fn start(up: &Up, server: &str, ordinal: u32, env: &[(&str, &str)]) -> Pod {
+        let name = format!("{server}-{ordinal}");
+        let log = up.dir.join(format!("pod-{name}.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("agent")
+            .env(
+                "COSCALE_CONTROL_PLANE",
+                up.endpoints.agent.as_deref().unwrap(),
+            )
+            .env("COSCALE_TOKEN_FILE", up.dir.join("token"))
+            .env("COSCALE_SERVER", server)
+            .env("POD_NAME", &name)
+            .env("POD_IP", "127.0.0.1")
+            .env("COSCALE_HTTP_ADDR", "0.0.0.0:0")
+            .env("COSCALE_GRPC_ADDR", "0.0.0.0:0")
+            .env("COSCALE_RUNTIME", "builtin")
+            .env("RUST_LOG", "info")
+            .env_remove("COSCALE_REPLICA")
+            .env_remove("COSCALE_ADVERTISE_HOST");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        Pod { child, name, log }
+    }
+
+    /// Sends SIGTERM, as the kubelet does when the pod is deleted.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "could not signal pod {}", self.name);
+    }
+
+    /// Waits for the process to exit (panics after `deadline`).
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let name = self.name.clone();
+        let child = &mut self.child;
+        let mut probe = || std::future::ready(child.try_wait().unwrap());
+        wait_for(&format!("pod {name} to exit"), deadline, &mut probe).await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Open-loop traffic at a settable rate (requests per second) through the router.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    milli_rps: Arc<AtomicU64>,
+    ok: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+const WORKERS: u64 = 4;
+
+impl Load {
+    pub async fn start(up: &Up, model: &str, rps: f64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let milli_rps = Arc::new(AtomicU64::new((rps * 1000.0) as u64));
+        let ok = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..WORKERS {
+            let (stop, milli_rps, ok) = (stop.clone(), milli_rps.clone(), ok.clone());
+            let mut client = coscale_cli::infer::V2Client::rest(&up.endpoints.router_http).await;
+            let model = model.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let req = coscale_api::v2::InferRequest::from_json(IRIS_REQUEST.as_bytes(), None)
+                    .unwrap();
+                let body = IRIS_REQUEST.as_bytes().to_vec();
+                let mut failures = Vec::new();
+                let mut next = tokio::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let rate = milli_rps.load(Ordering::Relaxed).max(1);
+                    next += Duration::from_micros(WORKERS * 1_000_000_000 / rate);
+                    match client.infer(&model, &req, &body).await {
+                        Ok(_) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                    // pacing of the load generator, not a wait for a condition
+                    // no catch-up bursts after a slow request
+                    next = next.max(tokio::time::Instant::now());
+                    tokio::time::sleep_until(next).await;
+                }
+                failures
+            }));
+        }
+        Load {
+            stop,
+            milli_rps,
+            ok,
+            tasks,
+        }
+    }
+
+    pub fn set_rate(&self, rps: f64) {
+        self.milli_rps
+            .store((rps * 1000.0) as u64, Ordering::Relaxed);
+    }
+
+    /// Stops the traffic; returns (successful requests, failures).
+    pub async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for t in self.tasks {
+            failures.extend(t.await.unwrap());
+        }
+        (self.ok.load(Ordering::Relaxed), failures)
     }
 }
