@@ -279,7 +279,7 @@ async fn custom_metrics_api_and_keda_scaler_serve_the_values_the_local_hpa_decid
     )
     .await;
     assert_eq!(code, 200, "{pods}");
-    let mut names: Vec<&str> = pods["items"]
+    let names: Vec<&str> = pods["items"]
         .as_array()
         .unwrap()
         .iter()
