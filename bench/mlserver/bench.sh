@@ -19,6 +19,7 @@ bin="${COSCALE_BIN:-$root/target/release/coscale}"
 if [ ! -x "$bin" ]; then (cd "$root" && cargo build --release -p coscale-cli >&2); fi
 command -v wrk >/dev/null || { echo "wrk not installed (apt-get install -y wrk)" >&2; exit 1; }
 
+exec 3>&2   # stderr, also for checks whose own output wait_until discards
 out="${OUT:-$root/bench/results/mlserver-$(date -u +%Y%m%d-%H%M%S).md}"
 mkdir -p "$(dirname "$out")"
 exec > >(tee "$out")
@@ -84,7 +85,14 @@ wait_until "$agent_repo/settings.json" 300 test -s "$agent_repo/settings.json"
 agent_http=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["http_port"])' "$agent_repo/settings.json")
 wait_http "http://127.0.0.1:$agent_http/v2/health/ready"
 t0=$(now); "$bin" apply -f "$work/model.yaml" --data-dir "$work/cs" >/dev/null
-model_available() { "$bin" get models iris -o json --data-dir "$work/cs" | grep -q '"state": *"ModelAvailable"'; }
+model_available() {
+  local st; st=$("$bin" get models iris -o json --data-dir "$work/cs") || return 1
+  if grep -q '"state": *"ModelFailed"' <<<"$st"; then
+    echo "iris went ModelFailed: $(grep -o '"reason": *"[^"]*"' <<<"$st"); agent log: $work/cs/logs/ml-0.log" >&3
+    keep=1; exit 1
+  fi
+  grep -q '"state": *"ModelAvailable"' <<<"$st"
+}
 wait_until "iris ModelAvailable" 600 model_available
 t1=$(now); coscale_load=$(echo "$t1 - $t0" | bc)
 pin_tree() { pin_server "$1" 2>/dev/null || true; for c in $(pgrep -P "$1" || true); do pin_tree "$c"; done; }
