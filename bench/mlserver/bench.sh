@@ -7,10 +7,13 @@
 # Needs: MLServer (COSCALE_MLSERVER or .venv-mlserver, see .ci/install-mlserver.sh), wrk,
 # curl, a release coscale (built here if missing; COSCALE_BIN overrides).
 # PIN=1 puts every server process (MLServer, coscale) on core 0 and wrk on core 1, so
-# both setups get the same CPU budget.
+# both setups get the same CPU budget. NICE=-10 raises the priority of every process of
+# both setups and of wrk alike (renice), so other work on a shared machine disturbs
+# the comparison less (NICE=0: leave priorities alone); the agents and their MLServers
+# inherit it from `coscale up`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-DURATION="${DURATION:-10}"; CONNECTIONS="${CONNECTIONS:-8}"; ROUNDS="${ROUNDS:-2}"; PIN="${PIN:-1}"
+DURATION="${DURATION:-10}"; CONNECTIONS="${CONNECTIONS:-8}"; ROUNDS="${ROUNDS:-2}"; PIN="${PIN:-1}"; NICE="${NICE:--10}"
 mlserver="${COSCALE_MLSERVER:-$root/.venv-mlserver/bin/mlserver}"
 [ -x "$mlserver" ] || { echo "MLServer not found at $mlserver; run .ci/install-mlserver.sh" >&2; exit 1; }
 mlserver="$(readlink -f "$mlserver")"
@@ -28,7 +31,7 @@ echo
 echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "- machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "- commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown); binary: $bin"
-echo "- command: \`DURATION=$DURATION CONNECTIONS=$CONNECTIONS ROUNDS=$ROUNDS PIN=$PIN bench/mlserver/bench.sh\`"
+echo "- command: \`DURATION=$DURATION CONNECTIONS=$CONNECTIONS ROUNDS=$ROUNDS PIN=$PIN NICE=$NICE bench/mlserver/bench.sh\`"
 echo "- MLServer $("$python" -c 'import mlserver; print(mlserver.__version__)'), parallel_workers 0, in both setups"
 
 work="$(mktemp -d /tmp/coscale-mlbench-XXXX)"
@@ -37,7 +40,7 @@ keep=0
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ "$keep" = 1 ] || rm -rf "$work"; }
 trap cleanup EXIT
 pin_server() { if [ "$PIN" = 1 ]; then taskset -a -p -c 0 "$1" >/dev/null; fi; }
-run_wrk() { if [ "$PIN" = 1 ]; then taskset -c 1 wrk "$@"; else wrk "$@"; fi; }
+run_wrk() { if [ "$PIN" = 1 ]; then nice -n "$NICE" taskset -c 1 wrk "$@"; else nice -n "$NICE" wrk "$@"; fi; }
 free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # wait_until WHAT SECONDS COMMAND...: polls COMMAND every 50 ms; fails naming WHAT.
 wait_until() {
@@ -59,7 +62,7 @@ ln -s "$work/model/iris/model.joblib" "$work/direct/iris/model.joblib"
 echo '{"name":"iris","implementation":"mlserver_sklearn.SKLearnModel","parameters":{"uri":"./model.joblib"}}' > "$work/direct/iris/model-settings.json"
 hp=$(free_port); gp=$(free_port); mp=$(free_port)
 echo "{\"host\":\"127.0.0.1\",\"http_port\":$hp,\"grpc_port\":$gp,\"metrics_port\":$mp,\"parallel_workers\":0,\"load_models_at_startup\":false}" > "$work/direct/settings.json"
-(cd "$work/direct" && exec "$mlserver" start "$work/direct" >"$work/direct.log" 2>&1) & pids+=($!)
+(cd "$work/direct" && exec nice -n "$NICE" "$mlserver" start "$work/direct" >"$work/direct.log" 2>&1) & pids+=($!)
 direct="http://127.0.0.1:$hp"
 wait_http "$direct/v2/health/ready"
 t0=$(now); curl -sSf -X POST "$direct/v2/repository/models/iris/load" >/dev/null || { echo "direct MLServer load failed; log $work/direct.log" >&2; keep=1; exit 1; }; t1=$(now)
@@ -67,7 +70,7 @@ direct_load=$(echo "$t1 - $t0" | bc)
 pin_server "${pids[0]}"
 
 # --- coscale: up + one mlserver replica ----------------------------------------------
-COSCALE_MLSERVER="$mlserver" "$bin" up --data-dir "$work/cs" --api-addr 127.0.0.1:0 --agent-addr 127.0.0.1:0 \
+COSCALE_MLSERVER="$mlserver" nice -n "$NICE" "$bin" up --data-dir "$work/cs" --api-addr 127.0.0.1:0 --agent-addr 127.0.0.1:0 \
   --router-addr 127.0.0.1:0 --router-grpc-addr 127.0.0.1:0 --reconcile-seconds 0.2 >"$work/up.log" 2>&1 & pids+=($!)
 wait_until "coscale up" 120 test -s "$work/cs/endpoints.json"
 router=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_http"])' "$work/cs/endpoints.json")
