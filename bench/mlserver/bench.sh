@@ -61,7 +61,9 @@ mkdir -p "$work/direct/iris"
 ln -s "$work/model/iris/model.joblib" "$work/direct/iris/model.joblib"
 echo '{"name":"iris","implementation":"mlserver_sklearn.SKLearnModel","parameters":{"uri":"./model.joblib"}}' > "$work/direct/iris/model-settings.json"
 hp=$(free_port); gp=$(free_port); mp=$(free_port)
-echo "{\"host\":\"127.0.0.1\",\"http_port\":$hp,\"grpc_port\":$gp,\"metrics_port\":$mp,\"parallel_workers\":0,\"load_models_at_startup\":false}" > "$work/direct/settings.json"
+# the same settings the agent gives its MLServer (server_settings in backend/mlserver.rs):
+# "debug": false matters, MLServer's default (true) writes an access-log line per request
+echo "{\"debug\":false,\"host\":\"127.0.0.1\",\"http_port\":$hp,\"grpc_port\":$gp,\"metrics_port\":$mp,\"parallel_workers\":0,\"load_models_at_startup\":false}" > "$work/direct/settings.json"
 (cd "$work/direct" && exec nice -n "$NICE" "$mlserver" start "$work/direct" >"$work/direct.log" 2>&1) & pids+=($!)
 direct="http://127.0.0.1:$hp"
 wait_http "$direct/v2/health/ready"
