@@ -73,6 +73,8 @@ async fn predictions(backend: &MlServer, internal: &str) -> Vec<i64> {
 fn settings(command: PathBuf, api: RepositoryApi) -> MlServerSettings {
     let mut s = MlServerSettings::new(command, "test", 0, Duration::from_secs(60));
     s.repository_api = api;
+    // a request waits for a restarted MLServer, which takes minutes on a loaded machine
+    s.request_timeout = Duration::from_secs(300);
     s
 }
 
