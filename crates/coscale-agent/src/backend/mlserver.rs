@@ -1375,6 +1375,19 @@ mod tests {
     }
 
     #[test]
+    fn only_ready_models_of_a_repository_index_count_as_held() {
+        let index = serde_json::json!([
+            {"name": "iris_1", "state": "READY", "reason": ""},
+            {"name": "iris_2", "state": "UNAVAILABLE", "reason": ""},
+            {"name": "xg_1", "state": "LOADING", "reason": ""}
+        ]);
+        let ready = ready_in_index(&index).unwrap();
+        assert_eq!(ready.len(), 1);
+        assert!(ready.contains("iris_1"));
+        assert!(ready_in_index(&serde_json::json!({"error": "x"})).is_none());
+    }
+
+    #[test]
     fn resident_set_of_this_process_is_readable() {
         let rss = rss_bytes(std::process::id()).unwrap();
         assert!(rss > 1 << 20, "{rss}");

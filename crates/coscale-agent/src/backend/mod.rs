@@ -177,6 +177,18 @@ mod tests {
     }
 
     #[test]
+    fn an_mlserver_url_needs_the_shared_models_dir_and_a_valid_url() {
+        let mut c = config("mlserver");
+        c.mlserver_url = Some("http://127.0.0.1:8080".to_owned());
+        let reason = for_config(&c).unavailable_reason().unwrap_or_default();
+        assert!(reason.contains("COSCALE_MODELS_DIR"), "{reason}");
+        c.mlserver_url = Some("127.0.0.1:8080".to_owned());
+        c.models_dir = Some(std::env::temp_dir());
+        let reason = for_config(&c).unavailable_reason().unwrap_or_default();
+        assert!(reason.contains("\"127.0.0.1:8080\""), "{reason}");
+    }
+
+    #[test]
     fn triton_and_unknown_runtimes_are_unavailable_with_a_reason() {
         assert!(for_config(&config("triton"))
             .unavailable_reason()
