@@ -64,6 +64,12 @@ pub struct AgentConfig {
     /// The `mlserver` executable for `runtime: mlserver` (None: `COSCALE_MLSERVER`,
     /// then `PATH`).
     pub mlserver_command: Option<std::path::PathBuf>,
+    /// An MLServer already running beside the agent (REST base URL): attach to it
+    /// instead of starting one (Kubernetes sidecar).
+    pub mlserver_url: Option<String>,
+    /// Model repository folder MLServer serves (required with `mlserver_url`: a folder
+    /// both containers share; otherwise a private temporary folder when None).
+    pub models_dir: Option<std::path::PathBuf>,
 }
 
 impl AgentConfig {
@@ -88,6 +94,8 @@ impl AgentConfig {
             unload_grace: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(30),
             mlserver_command: None,
+            mlserver_url: None,
+            models_dir: None,
         }
     }
 }

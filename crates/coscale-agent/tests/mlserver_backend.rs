@@ -1,6 +1,8 @@
 //! The MLServer backend against a real MLServer 1.7.1: load through the repository API
 //! (REST and gRPC), infer, metadata, measured memory, restart after the process is
-//! killed (with the models reloaded and requests waiting instead of failing), unload.
+//! killed (with the models reloaded and requests waiting instead of failing), unload;
+//! attached to an MLServer the test runs itself (sidecar mode): reload after that server
+//! restarts, and after it drops a model behind the agent's back.
 //!
 //! Needs MLServer: `COSCALE_MLSERVER` or `<repo>/.venv-mlserver/bin/mlserver`
 //! (`.ci/install-mlserver.sh`). Without it the tests fail when `CI=true` and are
@@ -10,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use coscale_agent::backend::mlserver::{MlServer, MlServerSettings, RepositoryApi};
+use coscale_agent::backend::mlserver::{self, MlServer, MlServerSettings, RepositoryApi};
 use coscale_agent::backend::{Backend, BackendEvent};
 use coscale_api::v2::InferRequest;
 
@@ -71,6 +73,8 @@ async fn predictions(backend: &MlServer, internal: &str) -> Vec<i64> {
 fn settings(command: PathBuf, api: RepositoryApi) -> MlServerSettings {
     let mut s = MlServerSettings::new(command, "test", 0, Duration::from_secs(60));
     s.repository_api = api;
+    // a request waits for a restarted MLServer, which takes minutes on a loaded machine
+    s.request_timeout = Duration::from_secs(300);
     s
 }
 
@@ -128,7 +132,11 @@ async fn a_killed_mlserver_is_restarted_with_its_models_and_waiting_requests_suc
     let model = train(&cmd, tmp.path());
     let backend = MlServer::start(settings(cmd, RepositoryApi::Rest)).unwrap();
     let mut events = backend.subscribe().unwrap();
-    let pid = backend.wait_up(Duration::from_secs(60)).await.unwrap();
+    let pid = backend
+        .wait_up(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
     backend.load("iris_1", &model).await.unwrap();
     assert_eq!(predictions(&backend, "iris_1").await, vec![0, 2]);
 
@@ -200,4 +208,130 @@ async fn a_load_that_does_not_finish_in_time_fails_and_leaves_nothing_held() {
     );
     assert!(!backend.ready("slow_1"));
     assert!(!backend.repository().join("slow_1").exists());
+}
+
+/// An MLServer the test runs itself on `port`, serving `repo`, like a sidecar container
+/// beside the agent.
+fn sidecar(cmd: &Path, repo: &Path, port: u16, grpc: u16) -> std::process::Child {
+    let ports = (port, grpc, mlserver::free_port().unwrap());
+    mlserver::serve_command(cmd, repo, ports)
+        .unwrap()
+        .0
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a Lost event and then a Restored event for exactly `model`.
+async fn lost_then_restored(
+    events: &mut tokio::sync::broadcast::Receiver<BackendEvent>,
+    model: &str,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut why = None;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("no Lost/Restored event in time")
+            .unwrap()
+        {
+            BackendEvent::Lost { models, reason } => {
+                assert_eq!(models, vec![model.to_owned()]);
+                why = Some(reason);
+            }
+            BackendEvent::Restored { models } => {
+                assert!(why.is_some(), "restored before lost");
+                assert_eq!(models, vec![model.to_owned()]);
+                return why.unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_to_a_sidecar_mlserver_models_are_reloaded_after_it_restarts_or_drops_them() {
+    let Some(cmd) = mlserver() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = train(&cmd, tmp.path());
+    let repo = tmp.path().join("models");
+    std::fs::create_dir_all(&repo).unwrap();
+    let (port, grpc) = (
+        mlserver::free_port().unwrap(),
+        mlserver::free_port().unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = sidecar(&cmd, &repo, port, grpc);
+
+    let mut s =
+        MlServerSettings::attached(&url, repo.clone(), "test", 0, Duration::from_secs(60)).unwrap();
+    s.request_timeout = Duration::from_secs(180);
+    let backend = std::sync::Arc::new(MlServer::start(s).unwrap());
+    let mut events = backend.subscribe().unwrap();
+    assert_eq!(
+        backend.wait_up(Duration::from_secs(90)).await.unwrap(),
+        None
+    );
+    assert_eq!(backend.repository(), repo.as_path());
+    backend.load("iris_1", &model).await.unwrap();
+    // the agent wrote the model folder into the shared repository
+    assert!(repo.join("iris_1/model-settings.json").is_file());
+    assert_eq!(predictions(&backend, "iris_1").await, vec![0, 2]);
+    let first = backend.generation();
+
+    // The sidecar dies and is started again (as the kubelet would): the agent sees it
+    // go, waits for it, and reloads the model; a request sent meanwhile waits.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let during = tokio::spawn({
+        let backend = backend.clone();
+        async move { predictions(&backend, "iris_1").await }
+    });
+    server = sidecar(&cmd, &repo, port, grpc);
+    assert_eq!(during.await.unwrap(), vec![0, 2]);
+    let why = lost_then_restored(&mut events, "iris_1").await;
+    assert!(why.contains(&url), "{why}");
+    assert!(backend.generation() > first);
+    assert!(backend.ready("iris_1"));
+    assert_eq!(predictions(&backend, "iris_1").await, vec![0, 2]);
+
+    // The server loses the model while staying up (as after a restart the agent did not
+    // see): its repository index no longer lists it, and the agent reloads it.
+    let dropped = reqwest::Client::new()
+        .post(format!("{url}/v2/repository/models/iris_1/unload"))
+        .send()
+        .await
+        .unwrap();
+    assert!(dropped.status().is_success());
+    let why = lost_then_restored(&mut events, "iris_1").await;
+    assert!(why.contains("no longer holds"), "{why}");
+    assert_eq!(predictions(&backend, "iris_1").await, vec![0, 2]);
+
+    backend.unload("iris_1").await.unwrap();
+    assert!(!repo.join("iris_1").exists());
+    drop(backend);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn an_attached_mlserver_needs_an_http_url() {
+    for bad in ["127.0.0.1:8080", "ftp://x", "", "http://"] {
+        let e = MlServerSettings::attached(bad, "/tmp/m".into(), "s", 0, Duration::from_secs(1))
+            .unwrap_err();
+        assert!(e.to_string().contains("COSCALE_MLSERVER_URL"), "{e}");
+    }
+    let s = MlServerSettings::attached(
+        "http://127.0.0.1:8080/",
+        "/tmp/m".into(),
+        "s",
+        0,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    assert_eq!(
+        s.mode,
+        mlserver::Mode::Attached {
+            url: "http://127.0.0.1:8080".to_owned(),
+            models_dir: "/tmp/m".into()
+        }
+    );
 }

@@ -330,6 +330,14 @@ pub struct AgentArgs {
     /// The `mlserver` executable for `--runtime mlserver` (default: `mlserver` on PATH).
     #[arg(long, env = "COSCALE_MLSERVER")]
     pub mlserver_command: Option<PathBuf>,
+    /// Attach to an MLServer already running beside the agent (REST URL, e.g. a sidecar's
+    /// `http://127.0.0.1:8080`) instead of starting one; needs `--models-dir`.
+    #[arg(long, env = "COSCALE_MLSERVER_URL")]
+    pub mlserver_url: Option<String>,
+    /// Model repository folder MLServer serves, where the agent writes model folders
+    /// (shared with the sidecar; default: a private temporary folder).
+    #[arg(long, env = "COSCALE_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -381,6 +389,8 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     cfg.leave_grace = Duration::from_secs_f64(a.drain_grace_seconds.max(0.0));
     cfg.body_limit = a.body_limit;
     cfg.mlserver_command = a.mlserver_command;
+    cfg.mlserver_url = a.mlserver_url.filter(|u| !u.is_empty());
+    cfg.models_dir = a.models_dir;
     cfg.exit_after_disconnect =
         (a.exit_after_disconnect > 0).then(|| Duration::from_secs(a.exit_after_disconnect));
     // SIGINT (Ctrl-C, also sent to `coscale up`'s children) stops at once; SIGTERM

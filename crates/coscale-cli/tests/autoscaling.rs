@@ -35,18 +35,9 @@ fn manifests() -> String {
     )
 }
 
-async fn wait_scaled(up: &Up, model: u32, server: u32, what: &str) {
-    wait_for(what, Duration::from_secs(90), || async {
-        let m = up.model("mlp").await?;
-        let s = up.server("pool").await?;
-        (m.desired_replicas == model
-            && m.available_replicas == model
-            && s.desired_replicas == server
-            && s.ready_replicas == server
-            && s.replicas.len() as u32 == server)
-            .then_some(())
-    })
-    .await;
+async fn wait_scaled(up: &Up, model: u32, server: u32) {
+    up.wait_scaled(("mlp", model), ("pool", server), Duration::from_secs(90))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +47,7 @@ async fn load_grows_the_model_and_its_server_then_both_shrink_with_no_failed_req
     up.wait_available("mlp", 1).await;
 
     let heavy = Traffic::start(&up, "mlp", 16).await;
-    wait_scaled(&up, 3, 3, "model and server at 3 replicas under load").await;
+    wait_scaled(&up, 3, 3).await;
     let server = up.server("pool").await.unwrap();
     let pids: Vec<u32> = server.replicas.iter().filter_map(|r| r.pid).collect();
     assert_eq!(
@@ -71,7 +62,7 @@ async fn load_grows_the_model_and_its_server_then_both_shrink_with_no_failed_req
 
     // a trickle keeps flowing while both scale down
     let light = Traffic::start(&up, "mlp", 1).await;
-    wait_scaled(&up, 1, 1, "model and server back to 1 replica").await;
+    wait_scaled(&up, 1, 1).await;
     let (ok_light, errors) = light.stop().await;
     assert!(
         errors.is_empty(),

@@ -156,3 +156,75 @@ pub fn launch(server: &Server, config: Option<&ServerConfig>) -> ServerLaunch {
         replicas: server.scaling.replicas,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use coscale_core::resources::{parse_manifests, Resource};
+
+    fn server(spec: &str) -> Server {
+        let text = format!(
+            "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata:\n  name: s\nspec:\n{spec}"
+        );
+        match parse_manifests("s.yaml", &text).unwrap().remove(0) {
+            Resource::Server(s) => s,
+            other => panic!("not a Server: {other:?}"),
+        }
+    }
+
+    const MLSERVER_DEFAULTS: [&str; 10] = [
+        "mlserver",
+        "alibi-detect",
+        "alibi-explain",
+        "huggingface",
+        "lightgbm",
+        "mlflow",
+        "python",
+        "sklearn",
+        "spark-mlib",
+        "xgboost",
+    ];
+
+    #[test]
+    fn an_mlserver_replica_advertises_seldons_default_capabilities() {
+        let l = launch(&server("  serverConfig: mlserver\n"), None);
+        assert_eq!(l.runtime, RuntimeKind::Mlserver);
+        assert_eq!(l.capabilities, MLSERVER_DEFAULTS);
+        let l = launch(&server("  serverConfig: builtin\n"), None);
+        assert_eq!(l.capabilities, ["onnx"]);
+    }
+
+    #[test]
+    fn server_capabilities_replace_the_defaults_and_ignore_extra_capabilities() {
+        let l = launch(
+            &server("  serverConfig: mlserver\n  capabilities: [sklearn, gpu]\n  extraCapabilities: [ignored]\n"),
+            None,
+        );
+        assert_eq!(l.capabilities, ["sklearn", "gpu"]);
+    }
+
+    #[test]
+    fn extra_capabilities_extend_the_defaults_once() {
+        let l = launch(
+            &server("  serverConfig: mlserver\n  extraCapabilities: [mlserver-1.7.1, sklearn]\n"),
+            None,
+        );
+        let mut want: Vec<&str> = MLSERVER_DEFAULTS.to_vec();
+        want.push("mlserver-1.7.1");
+        assert_eq!(l.capabilities, want);
+    }
+
+    #[test]
+    fn a_user_server_config_with_an_mlserver_container_gets_the_mlserver_defaults() {
+        let text = "apiVersion: mlops.seldon.io/v1alpha1\nkind: ServerConfig\nmetadata:\n  name: my-ml\nspec:\n  podSpec:\n    containers:\n    - name: agent\n      image: ghcr.io/coscale/coscale:0.1\n    - name: mlserver\n      image: seldonio/mlserver:1.7.1\n      resources:\n        requests:\n          memory: 2Gi\n";
+        let cfg = match parse_manifests("c.yaml", text).unwrap().remove(0) {
+            Resource::ServerConfig(c) => c,
+            other => panic!("not a ServerConfig: {other:?}"),
+        };
+        let l = launch(&server("  serverConfig: my-ml\n"), Some(&cfg));
+        assert_eq!(l.runtime, RuntimeKind::Mlserver);
+        assert_eq!(l.capabilities, MLSERVER_DEFAULTS);
+        assert_eq!(l.memory_bytes, 2 << 30);
+    }
+}

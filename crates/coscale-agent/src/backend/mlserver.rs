@@ -1,10 +1,13 @@
-//! MLServer backend: runs MLServer (1.7.1) as a child process of the agent and drives
-//! it over the V2 protocol.
+//! MLServer backend: runs MLServer (1.7.1) as a child process of the agent, or attaches
+//! to one already running beside it (a Kubernetes sidecar), and drives it over the V2
+//! protocol.
 //!
 //! * A supervisor task starts `mlserver start <repo>` with a generated `settings.json`
-//!   (`parallel_workers: 0`, `load_models_at_startup: false`, free loopback ports),
-//!   waits for `/v2/health/ready`, watches the process and its health, and restarts it
-//!   with backoff when it dies; after a restart it reloads every model it held.
+//!   (`parallel_workers: 0`, `load_models_at_startup: false`, free loopback ports), or,
+//!   attached, waits for the sidecar's `/v2/health/ready`; then it watches the server's
+//!   health (and the child's exit) and its repository index, and when the server died or
+//!   restarted (it no longer lists a model the agent loaded) it starts it again (child) or
+//!   waits for it to be back (attached) and reloads every model it held: one code path.
 //! * Loads write `<repo>/<model>_<version>/` (the artifact, linked, plus a
 //!   `model-settings.json` naming the model `<model>_<version>`) and call the repository
 //!   API (`POST /v2/repository/models/{name}/load`, or the gRPC `RepositoryModelLoad`).
@@ -94,11 +97,29 @@ pub enum RepositoryApi {
     Grpc,
 }
 
+/// Where MLServer runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The agent runs `mlserver start <repo>` as its child process (local mode).
+    Child {
+        /// The `mlserver` executable.
+        command: PathBuf,
+        /// Repository folder (None: a private temporary folder).
+        models_dir: Option<PathBuf>,
+    },
+    /// An MLServer already running beside the agent (a sidecar container), serving
+    /// `models_dir` as its model repository, a folder both can write.
+    Attached {
+        /// Its REST base URL, e.g. `http://127.0.0.1:8080`.
+        url: String,
+        models_dir: PathBuf,
+    },
+}
+
 /// How the backend runs MLServer.
 #[derive(Debug, Clone)]
 pub struct MlServerSettings {
-    /// The `mlserver` executable.
-    pub command: PathBuf,
+    pub mode: Mode,
     /// Part of the repository folder name (`coscale-mlserver-<label>-XXXX`), so an
     /// operator can tell which replica a process belongs to.
     pub label: String,
@@ -116,15 +137,66 @@ pub struct MlServerSettings {
 }
 
 impl MlServerSettings {
+    /// Settings for an MLServer the agent runs as its child process.
     pub fn new(command: PathBuf, server: &str, replica: u32, load_timeout: Duration) -> Self {
+        Self::with_mode(
+            Mode::Child {
+                command,
+                models_dir: None,
+            },
+            server,
+            replica,
+            load_timeout,
+        )
+    }
+
+    /// A child MLServer serves `dir` (when given) instead of a private temporary folder.
+    pub fn in_models_dir(mut self, dir: Option<PathBuf>) -> Self {
+        if let Mode::Child { models_dir, .. } = &mut self.mode {
+            *models_dir = dir;
+        }
+        self
+    }
+
+    /// Settings for an MLServer already running at `url` that serves `models_dir`.
+    /// Loads and unloads go over REST (the sidecar's gRPC port is not known).
+    pub fn attached(
+        url: &str,
+        models_dir: PathBuf,
+        server: &str,
+        replica: u32,
+        load_timeout: Duration,
+    ) -> Result<Self, MlServerError> {
+        let trimmed = url.trim_end_matches('/');
+        let valid = reqwest::Url::parse(trimmed)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !valid {
+            return Err(MlServerError::Url(url.to_owned()));
+        }
+        let mut s = Self::with_mode(
+            Mode::Attached {
+                url: trimmed.to_owned(),
+                models_dir,
+            },
+            server,
+            replica,
+            load_timeout,
+        );
+        s.repository_api = RepositoryApi::Rest;
+        Ok(s)
+    }
+
+    fn with_mode(mode: Mode, server: &str, replica: u32, load_timeout: Duration) -> Self {
         let repository_api = match std::env::var("COSCALE_MLSERVER_REPOSITORY_API").as_deref() {
             Ok("grpc") => RepositoryApi::Grpc,
             _ => RepositoryApi::Rest,
         };
         Self {
-            command,
+            mode,
             label: format!("{server}-{replica}"),
-            start_timeout: Duration::from_secs(60),
+            // MLServer starts in seconds, but its Python imports take minutes on an
+            // overloaded machine, and killing a slow start only starts them over.
+            start_timeout: Duration::from_secs(300),
             load_timeout,
             call_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
@@ -144,13 +216,31 @@ pub enum MlServerError {
     },
     #[error("cannot build the HTTP client for MLServer: {0}")]
     Client(String),
+    #[error("the MLServer URL {0:?} (COSCALE_MLSERVER_URL / --mlserver-url) is not an http(s)://host[:port] URL")]
+    Url(String),
 }
 
-/// A running MLServer process.
+/// The model repository folder: private and temporary, or given (shared with a sidecar).
+enum Repo {
+    Temp(tempfile::TempDir),
+    Given(PathBuf),
+}
+
+impl Repo {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Temp(t) => t.path(),
+            Self::Given(p) => p,
+        }
+    }
+}
+
+/// A running MLServer (a child process, or the attached sidecar).
 #[derive(Debug, Clone)]
 struct Proc {
     generation: u64,
-    pid: u32,
+    /// Process id, when the agent can see the process (its child).
+    pid: Option<u32>,
     http: String,
     grpc: String,
 }
@@ -173,7 +263,7 @@ struct State {
 
 struct Shared {
     settings: MlServerSettings,
-    repo: tempfile::TempDir,
+    repo: Repo,
     http: reqwest::Client,
     state: Mutex<State>,
     changed: watch::Sender<u64>,
@@ -195,13 +285,31 @@ impl Drop for MlServer {
 }
 
 impl MlServer {
-    /// Creates the repository folder and starts the supervisor (which starts MLServer).
+    /// Creates the repository folder and starts the supervisor (which starts MLServer,
+    /// or attaches to it).
     pub fn start(settings: MlServerSettings) -> Result<Self, MlServerError> {
-        let base = std::env::temp_dir();
-        let repo = tempfile::Builder::new()
-            .prefix(&format!("coscale-mlserver-{}-", settings.label))
-            .tempdir_in(&base)
-            .map_err(|source| MlServerError::Repository { dir: base, source })?;
+        let given = match &settings.mode {
+            Mode::Child { models_dir, .. } => models_dir.clone(),
+            Mode::Attached { models_dir, .. } => Some(models_dir.clone()),
+        };
+        let repo = match given {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(|source| MlServerError::Repository {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                Repo::Given(dir)
+            }
+            None => {
+                let base = std::env::temp_dir();
+                Repo::Temp(
+                    tempfile::Builder::new()
+                        .prefix(&format!("coscale-mlserver-{}-", settings.label))
+                        .tempdir_in(&base)
+                        .map_err(|source| MlServerError::Repository { dir: base, source })?,
+                )
+            }
+        };
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -228,9 +336,9 @@ impl MlServer {
         self.shared.repo.path()
     }
 
-    /// Process id of the running MLServer, if it is up.
+    /// Process id of the running MLServer, if it is up and is the agent's child.
     pub fn pid(&self) -> Option<u32> {
-        self.shared.lock().proc.as_ref().map(|p| p.pid)
+        self.shared.lock().proc.as_ref().and_then(|p| p.pid)
     }
 
     /// REST base URL of the running MLServer, if it is up.
@@ -238,12 +346,18 @@ impl MlServer {
         self.shared.lock().proc.as_ref().map(|p| p.http.clone())
     }
 
-    /// Waits (up to `timeout`) until MLServer is up; returns its process id.
-    pub async fn wait_up(&self, timeout: Duration) -> Result<u32, RuntimeError> {
+    /// Waits (up to `timeout`) until MLServer is up; returns its process id (None when
+    /// attached to a sidecar).
+    pub async fn wait_up(&self, timeout: Duration) -> Result<Option<u32>, RuntimeError> {
         let deadline = Instant::now() + timeout;
         self.shared
             .wait_for(deadline, |s| s.proc.as_ref().map(|p| p.pid))
             .await
+    }
+
+    /// How many times MLServer came up (started, or found ready again after it was gone).
+    pub fn generation(&self) -> u64 {
+        self.shared.lock().generation
     }
 }
 
@@ -388,10 +502,11 @@ impl Shared {
     /// Loads a model whose folder exists; returns the memory it takes: the growth of
     /// the resident set across the load, at least `floor` and any earlier figure.
     async fn load_on(&self, proc: &Proc, internal: &str, floor: u64) -> Result<u64, RuntimeError> {
-        let before = rss_bytes(proc.pid).unwrap_or(0);
+        let rss = || proc.pid.and_then(rss_bytes).unwrap_or(0);
+        let before = rss();
         self.repository_call(proc, internal, true, self.settings.load_timeout)
             .await?;
-        let after = rss_bytes(proc.pid).unwrap_or(0);
+        let after = rss();
         let metadata = self.fetch_metadata(proc, internal).await;
         let growth = after.saturating_sub(before).max(floor);
         Ok(self.update(|s| match s.held.get_mut(internal) {
@@ -405,39 +520,136 @@ impl Shared {
         }))
     }
 
+    /// Whether the server at `http` answers `/v2/health/ready` (Err: why not).
+    async fn ready_at(&self, http: &str) -> Result<(), String> {
+        match self
+            .http
+            .get(format!("{http}/v2/health/ready"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("/v2/health/ready answered {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Records a server that is up (a new generation) and wakes everyone waiting.
+    fn up(&self, pid: Option<u32>, http: String, grpc: String) -> Proc {
+        self.update(|s| {
+            s.generation += 1;
+            let proc = Proc {
+                generation: s.generation,
+                pid,
+                http,
+                grpc,
+            };
+            s.proc = Some(proc.clone());
+            s.last_error = None;
+            proc
+        })
+    }
+
+    /// Held, ready models the server's repository index does not list as `READY`
+    /// (None: all there, or not checked now). Skipped while a load or unload runs, so
+    /// what the agent holds and what the server holds are compared at rest.
+    async fn missing_from_index(&self, proc: &Proc) -> Option<Vec<String>> {
+        let _at_rest = self.load_lock.try_lock().ok()?;
+        let expected: Vec<String> = self
+            .lock()
+            .held
+            .iter()
+            .filter(|(_, h)| h.ready)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if expected.is_empty() {
+            return None;
+        }
+        let resp = self
+            .http
+            .post(format!("{}/v2/repository/index", proc.http))
+            .json(&serde_json::json!({"ready": true}))
+            .timeout(self.settings.call_timeout.min(Duration::from_secs(5)))
+            .send()
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let index: Value = resp.json().await.ok()?;
+        let ready = ready_in_index(&index)?;
+        let mut missing: Vec<String> = expected
+            .into_iter()
+            .filter(|n| !ready.contains(n.as_str()))
+            .collect();
+        missing.sort();
+        (!missing.is_empty()).then_some(missing)
+    }
+
     /// Whether the server answers `/v2/health/live` within `timeout`.
     async fn live(&self, proc: &Proc, timeout: Duration) -> bool {
-        self.http
+        self.health(proc, timeout).await == Health::Live
+    }
+
+    async fn health(&self, proc: &Proc, timeout: Duration) -> Health {
+        match self
+            .http
             .get(format!("{}/v2/health/live", proc.http))
             .timeout(timeout)
             .send()
             .await
-            .is_ok_and(|r| r.status().is_success())
+        {
+            Ok(r) if r.status().is_success() => Health::Live,
+            Err(e) if e.is_timeout() => Health::Unresponsive,
+            _ => Health::Down,
+        }
     }
 }
 
-/// Runs MLServer until the backend is dropped: start, reload, watch, restart.
+/// What a liveness check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Live,
+    /// Refused the connection or answered an error: not (or no longer) serving.
+    Down,
+    /// Accepted but did not answer in time: hung, or busy (MLServer runs a model's
+    /// load, e.g. importing sklearn, on its event loop, which stalls its health
+    /// endpoint for seconds on a loaded machine).
+    Unresponsive,
+}
+
+/// Runs MLServer until the backend is dropped: start (or attach), reload, watch, and
+/// again when it died or restarted.
 async fn supervise(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match start_once(&shared).await {
+        let started = match &shared.settings.mode {
+            Mode::Child { command, .. } => start_once(&shared, command)
+                .await
+                .map(|(child, proc)| (Some(child), proc)),
+            Mode::Attached { url, .. } => attach_once(&shared, url).await.map(|p| (None, p)),
+        };
+        match started {
             Ok((mut child, proc)) => {
-                let watchdog = spawn_watchdog(proc.pid);
-                info!(pid = proc.pid, http = %proc.http, label = %shared.settings.label, "MLServer is up");
+                let watchdog = proc.pid.and_then(spawn_watchdog);
+                info!(pid = ?proc.pid, http = %proc.http, label = %shared.settings.label, "MLServer is up");
                 let up_since = Instant::now();
                 restore(&shared, &proc).await;
-                let why = watch_process(&shared, &proc, &mut child).await;
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                let why = watch_process(&shared, &proc, child.as_mut()).await;
+                if let Some(child) = child.as_mut() {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
                 drop(watchdog);
-                warn!(label = %shared.settings.label, "{why}; restarting MLServer");
+                warn!(label = %shared.settings.label, "{why}; reloading its models once it is back");
                 lost(&shared, why);
                 if up_since.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }
             }
             Err(e) => {
-                warn!(label = %shared.settings.label, "MLServer did not start: {e}");
+                warn!(label = %shared.settings.label, "MLServer is not up: {e}");
                 shared.update(|s| s.last_error = Some(e));
             }
         }
@@ -466,7 +678,7 @@ fn spawn_watchdog(mlserver_pid: u32) -> Option<Child> {
 }
 
 /// A free loopback port (bound, read, released).
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -485,41 +697,48 @@ pub fn server_settings(http_port: u16, grpc_port: u16, metrics_port: u16) -> Val
     })
 }
 
-async fn start_once(shared: &Shared) -> Result<(Child, Proc), String> {
+/// Writes `<repo>/settings.json` for a server on the given loopback ports and returns
+/// the command that runs `mlserver start <repo>` in `repo`, its output appended to
+/// `<repo>/mlserver.log` (the log's path is returned too).
+pub fn serve_command(
+    command: &Path,
+    repo: &Path,
+    (http_port, grpc_port, metrics_port): (u16, u16, u16),
+) -> Result<(std::process::Command, PathBuf), String> {
+    let settings = server_settings(http_port, grpc_port, metrics_port);
+    std::fs::write(repo.join("settings.json"), settings.to_string())
+        .map_err(|e| format!("cannot write {}/settings.json: {e}", repo.display()))?;
+    let log_path = repo.join("mlserver.log");
+    let open_log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))
+    };
+    let mut cmd = std::process::Command::new(command);
+    cmd.arg("start")
+        .arg(repo)
+        .current_dir(repo)
+        .stdin(Stdio::null())
+        .stdout(open_log()?)
+        .stderr(open_log()?);
+    Ok((cmd, log_path))
+}
+
+async fn start_once(shared: &Shared, command: &Path) -> Result<(Child, Proc), String> {
     let repo = shared.repo.path();
     let ports = (free_port(), free_port(), free_port());
     let (http_port, grpc_port, metrics_port) = match ports {
         (Ok(a), Ok(b), Ok(c)) => (a, b, c),
         _ => return Err("no free loopback port for MLServer".to_owned()),
     };
-    let settings = server_settings(http_port, grpc_port, metrics_port);
-    std::fs::write(repo.join("settings.json"), settings.to_string())
-        .map_err(|e| format!("cannot write {}/settings.json: {e}", repo.display()))?;
-    let log_path = repo.join("mlserver.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let mut child = Command::new(&shared.settings.command)
-        .arg("start")
-        .arg(repo)
-        .current_dir(repo)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
+    let (std_cmd, log_path) = serve_command(command, repo, (http_port, grpc_port, metrics_port))?;
+    let mut child = Command::from(std_cmd)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot run {}: {e}; {INSTALL_HINT}",
-                shared.settings.command.display()
-            )
-        })?;
-    let pid = child.id().unwrap_or(0);
+        .map_err(|e| format!("cannot run {}: {e}; {INSTALL_HINT}", command.display()))?;
+    let pid = child.id();
     let http = format!("http://127.0.0.1:{http_port}");
     let deadline = Instant::now() + shared.settings.start_timeout;
     loop {
@@ -530,14 +749,7 @@ async fn start_once(shared: &Shared) -> Result<(Child, Proc), String> {
                 log_tail(&log_path)
             ));
         }
-        let ready = shared
-            .http
-            .get(format!("{http}/v2/health/ready"))
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
+        if shared.ready_at(&http).await.is_ok() {
             break;
         }
         if Instant::now() > deadline {
@@ -552,19 +764,26 @@ async fn start_once(shared: &Shared) -> Result<(Child, Proc), String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let proc = shared.update(|s| {
-        s.generation += 1;
-        let proc = Proc {
-            generation: s.generation,
-            pid,
-            http,
-            grpc: format!("http://127.0.0.1:{grpc_port}"),
-        };
-        s.proc = Some(proc.clone());
-        s.last_error = None;
-        proc
-    });
+    let proc = shared.up(pid, http, format!("http://127.0.0.1:{grpc_port}"));
     Ok((child, proc))
+}
+
+/// Waits for the MLServer beside the agent to be ready (up to the start timeout).
+async fn attach_once(shared: &Shared, url: &str) -> Result<Proc, String> {
+    let deadline = Instant::now() + shared.settings.start_timeout;
+    loop {
+        let why = match shared.ready_at(url).await {
+            Ok(()) => return Ok(shared.up(None, url.to_owned(), url.to_owned())),
+            Err(why) => why,
+        };
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the MLServer at {url} was not ready within {:?}: {why}",
+                shared.settings.start_timeout
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn log_tail(path: &Path) -> String {
@@ -601,24 +820,47 @@ async fn restore(shared: &Shared, proc: &Proc) {
         .send(BackendEvent::Restored { models: restored });
 }
 
-/// Returns why the process must be replaced: it exited, or stopped answering.
-async fn watch_process(shared: &Shared, proc: &Proc, child: &mut Child) -> String {
+/// Returns why the server must be replaced (or waited for): the child exited, it
+/// stopped answering, or it no longer holds a model the agent loaded (it restarted).
+async fn watch_process(shared: &Shared, proc: &Proc, mut child: Option<&mut Child>) -> String {
+    let who = match proc.pid {
+        Some(pid) => format!("MLServer (pid {pid})"),
+        None => format!("MLServer at {}", proc.http),
+    };
     let mut failures = 0u32;
     loop {
+        let exited = async {
+            match child.as_deref_mut() {
+                Some(c) => c.wait().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            status = child.wait() => {
+            status = exited => {
                 return match status {
-                    Ok(s) => format!("MLServer (pid {}) exited: {s}", proc.pid),
-                    Err(e) => format!("MLServer (pid {}) could not be waited for: {e}", proc.pid),
+                    Ok(s) => format!("{who} exited: {s}"),
+                    Err(e) => format!("{who} could not be waited for: {e}"),
                 };
             }
             _ = tokio::time::sleep(shared.settings.health_interval) => {
-                let live = shared
-                    .live(proc, shared.settings.call_timeout.min(Duration::from_secs(5)))
+                let health = shared
+                    .health(proc, shared.settings.call_timeout.min(Duration::from_secs(5)))
                     .await;
-                failures = if live { 0 } else { failures + 1 };
+                // A server busy loading a model is not counted as dead: the load has its
+                // own timeout, after which a still unresponsive server is.
+                let loading = shared.load_lock.try_lock().is_err();
+                failures = match health {
+                    Health::Live => 0,
+                    Health::Unresponsive if loading => failures,
+                    Health::Down | Health::Unresponsive => failures + 1,
+                };
                 if failures >= 3 {
-                    return format!("MLServer (pid {}) failed 3 health checks in a row", proc.pid);
+                    return format!("{who} failed 3 health checks in a row");
+                }
+                if health == Health::Live {
+                    if let Some(missing) = shared.missing_from_index(proc).await {
+                        return format!("{who} no longer holds {missing:?} (it restarted)");
+                    }
                 }
             }
         }
@@ -643,6 +885,19 @@ fn lost(shared: &Shared, reason: String) {
     if !models.is_empty() {
         let _ = shared.events.send(BackendEvent::Lost { models, reason });
     }
+}
+
+/// Names of the models a repository index answer (`POST /v2/repository/index`) lists
+/// as `READY` (None: not an index answer).
+fn ready_in_index(index: &Value) -> Option<std::collections::HashSet<&str>> {
+    Some(
+        index
+            .as_array()?
+            .iter()
+            .filter(|m| m.get("state").and_then(Value::as_str) == Some("READY"))
+            .filter_map(|m| m.get("name").and_then(Value::as_str))
+            .collect(),
+    )
 }
 
 /// Resident set of a process, bytes (`VmRSS` in `/proc/<pid>/status`).
@@ -1117,6 +1372,19 @@ mod tests {
         assert_eq!(m.versions, vec!["v1"]);
         assert_eq!(m.inputs[0].shape, vec![-1, 4]);
         assert_eq!(m.inputs[0].datatype, "FP32");
+    }
+
+    #[test]
+    fn only_ready_models_of_a_repository_index_count_as_held() {
+        let index = serde_json::json!([
+            {"name": "iris_1", "state": "READY", "reason": ""},
+            {"name": "iris_2", "state": "UNAVAILABLE", "reason": ""},
+            {"name": "xg_1", "state": "LOADING", "reason": ""}
+        ]);
+        let ready = ready_in_index(&index).unwrap();
+        assert_eq!(ready.len(), 1);
+        assert!(ready.contains("iris_1"));
+        assert!(ready_in_index(&serde_json::json!({"error": "x"})).is_none());
     }
 
     #[test]

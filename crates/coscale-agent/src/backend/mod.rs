@@ -101,19 +101,10 @@ impl Backend for Unavailable {
 pub fn for_config(config: &AgentConfig) -> Arc<dyn Backend> {
     match config.runtime.as_str() {
         "builtin" => Arc::new(Builtin::new()),
-        "mlserver" => match mlserver::find_command(config.mlserver_command.as_deref()) {
-            Ok(command) => match MlServer::start(MlServerSettings::new(
-                command,
-                &config.server,
-                config.replica,
-                config.load_timeout,
-            )) {
-                Ok(backend) => Arc::new(backend),
-                Err(e) => Arc::new(Unavailable {
-                    kind: "mlserver",
-                    reason: e.to_string(),
-                }),
-            },
+        "mlserver" => match mlserver_settings(config).and_then(|s| {
+            MlServer::start(s).map_err(|e| e.to_string())
+        }) {
+            Ok(backend) => Arc::new(backend),
             Err(reason) => Arc::new(Unavailable {
                 kind: "mlserver",
                 reason,
@@ -127,6 +118,25 @@ pub fn for_config(config: &AgentConfig) -> Arc<dyn Backend> {
             kind: "unknown",
             reason: format!("unknown runtime {other:?} (known: builtin, mlserver, triton)"),
         }),
+    }
+}
+
+/// How this replica runs MLServer: attached to `mlserver_url` (with `models_dir`), or
+/// as a child process of the `mlserver` executable found by [`mlserver::find_command`].
+fn mlserver_settings(config: &AgentConfig) -> Result<MlServerSettings, String> {
+    let (server, replica, timeout) = (&config.server, config.replica, config.load_timeout);
+    match (&config.mlserver_url, &config.models_dir) {
+        (Some(url), Some(dir)) => {
+            MlServerSettings::attached(url, dir.clone(), server, replica, timeout)
+                .map_err(|e| e.to_string())
+        }
+        (Some(url), None) => Err(format!(
+            "the MLServer at {url} (COSCALE_MLSERVER_URL / --mlserver-url) needs the model repository folder it serves, shared with the agent: set COSCALE_MODELS_DIR or --models-dir"
+        )),
+        (None, dir) => {
+            let command = mlserver::find_command(config.mlserver_command.as_deref())?;
+            Ok(MlServerSettings::new(command, server, replica, timeout).in_models_dir(dir.clone()))
+        }
     }
 }
 
@@ -164,6 +174,18 @@ mod tests {
         let reason = b.unavailable_reason().unwrap_or_default();
         assert!(reason.contains("/nonexistent/bin/mlserver"), "{reason}");
         assert!(reason.contains("install-mlserver.sh"), "{reason}");
+    }
+
+    #[test]
+    fn an_mlserver_url_needs_the_shared_models_dir_and_a_valid_url() {
+        let mut c = config("mlserver");
+        c.mlserver_url = Some("http://127.0.0.1:8080".to_owned());
+        let reason = for_config(&c).unavailable_reason().unwrap_or_default();
+        assert!(reason.contains("COSCALE_MODELS_DIR"), "{reason}");
+        c.mlserver_url = Some("127.0.0.1:8080".to_owned());
+        c.models_dir = Some(std::env::temp_dir());
+        let reason = for_config(&c).unavailable_reason().unwrap_or_default();
+        assert!(reason.contains("\"127.0.0.1:8080\""), "{reason}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct Up {
     pub endpoints: Endpoints,
     pub client: Client,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 pub fn tempdir(tag: &str) -> PathBuf {
@@ -44,7 +45,7 @@ pub fn tempdir(tag: &str) -> PathBuf {
     dir
 }
 
-fn spawn_up(dir: &Path, extra: &[String]) -> Child {
+fn spawn_up(dir: &Path, extra: &[String], env: &[(String, String)]) -> Child {
     let _ = std::fs::remove_file(dir.join("endpoints.json"));
     Command::new(BIN)
         .args(["up", "--data-dir"])
@@ -62,6 +63,7 @@ fn spawn_up(dir: &Path, extra: &[String]) -> Child {
             "0.2",
         ])
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::from(
@@ -96,9 +98,19 @@ async fn read_endpoints(dir: &Path) -> (Endpoints, String) {
 
 impl Up {
     pub async fn start(tag: &str, extra: &[&str]) -> Up {
+        Self::start_env(tag, extra, &[]).await
+    }
+
+    /// [`Up::start`] with extra environment variables for `coscale up` (and so for
+    /// the agents it starts).
+    pub async fn start_env(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Up {
         let dir = tempdir(tag);
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let child = spawn_up(&dir, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn_up(&dir, &extra, &env);
         let (endpoints, token) = read_endpoints(&dir).await;
         let client = Client::from_parts(endpoints.clone(), token);
         Up {
@@ -107,6 +119,7 @@ impl Up {
             endpoints,
             client,
             extra,
+            env,
         }
     }
 
@@ -135,7 +148,7 @@ impl Up {
     /// Starts `coscale up` again on the same data directory.
     pub async fn restart(&mut self) {
         self.stop();
-        self.child = Some(spawn_up(&self.dir, &self.extra));
+        self.child = Some(spawn_up(&self.dir, &self.extra, &self.env));
         let (endpoints, token) = read_endpoints(&self.dir).await;
         self.client = Client::from_parts(endpoints.clone(), token);
         self.endpoints = endpoints;
@@ -196,9 +209,20 @@ impl Up {
     }
 
     pub async fn wait_available(&self, name: &str, replicas: u32) -> ModelStatus {
+        self.wait_available_within(name, replicas, Duration::from_secs(60))
+            .await
+    }
+
+    /// Waits up to `deadline` until the model is available with `replicas` replicas.
+    pub async fn wait_available_within(
+        &self,
+        name: &str,
+        replicas: u32,
+        deadline: Duration,
+    ) -> ModelStatus {
         wait_for(
             &format!("model {name} available with {replicas} replicas"),
-            Duration::from_secs(60),
+            deadline,
             || async {
                 self.model(name)
                     .await
@@ -206,6 +230,28 @@ impl Up {
             },
         )
         .await
+    }
+
+    /// Waits up to `deadline` until `model` wants and has `model_replicas` available
+    /// replicas and `server` wants and has `server_replicas` ready ones (and no others).
+    pub async fn wait_scaled(
+        &self,
+        (model, model_replicas): (&str, u32),
+        (server, server_replicas): (&str, u32),
+        deadline: Duration,
+    ) {
+        let what = format!("{model} at {model_replicas} replicas, {server} at {server_replicas}");
+        wait_for(&what, deadline, || async {
+            let m = self.model(model).await?;
+            let s = self.server(server).await?;
+            (m.desired_replicas == model_replicas
+                && m.available_replicas == model_replicas
+                && s.desired_replicas == server_replicas
+                && s.ready_replicas == server_replicas
+                && s.replicas.len() as u32 == server_replicas)
+                .then_some(())
+        })
+        .await;
     }
 
     /// `coscale <args> --data-dir DIR`, returning (exit ok, stdout, stderr).
