@@ -3,8 +3,9 @@
 //! Always accepted: the static token of `DATA_DIR/token`. With `--auth kubernetes`,
 //! also Kubernetes ServiceAccount tokens: a `TokenReview` (authentication.k8s.io/v1,
 //! audience `coscale`) sent to the API server must say the token is authenticated and
-//! belongs to a ServiceAccount of the install's namespace
-//! (`system:serviceaccount:<namespace>:<name>`). Positive answers are cached for a
+//! belongs to a ServiceAccount (`system:serviceaccount:<namespace>:<name>`) of the
+//! install's namespace or of a namespace that holds one of the control plane's Servers
+//! (agents run in their Server's namespace). Positive reviews are cached for a
 //! short time; an API server that cannot be reached rejects the token (401) and says
 //! why in the log.
 
@@ -33,7 +34,7 @@ pub struct TokenReviewConfig {
     /// The control plane's own ServiceAccount token (read again for every review:
     /// projected tokens rotate).
     pub token_file: PathBuf,
-    /// Namespace whose ServiceAccounts are accepted.
+    /// The install's namespace (its ServiceAccounts are always accepted).
     pub namespace: String,
     pub audience: String,
     /// How long an accepted token is remembered.
@@ -112,7 +113,7 @@ pub enum AuthError {
     Wrong,
     #[error("token rejected by the Kubernetes TokenReview: {0}")]
     Rejected(String),
-    #[error("ServiceAccount {user:?} is not in namespace {namespace:?}")]
+    #[error("ServiceAccount {user:?} is neither in namespace {namespace:?} nor in a namespace holding a Server")]
     OtherNamespace { user: String, namespace: String },
     #[error("cannot verify the token: the Kubernetes API server did not answer the TokenReview")]
     ReviewUnavailable,
@@ -215,8 +216,13 @@ impl Authenticator {
         })
     }
 
-    /// Checks an `Authorization` header value.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Identity, AuthError> {
+    /// Checks an `Authorization` header value. `server_namespace(ns)` says whether a
+    /// namespace holds a Server, whose agents' ServiceAccounts are then accepted too.
+    pub async fn authenticate(
+        &self,
+        header: Option<&str>,
+        server_namespace: impl Fn(&str) -> bool,
+    ) -> Result<Identity, AuthError> {
         let token = header
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
@@ -227,7 +233,26 @@ impl Authenticator {
         }
         match &self.reviewer {
             None => Err(AuthError::Wrong),
-            Some(r) => r.review(token).await.map(Identity::ServiceAccount),
+            Some(r) => {
+                let user = r.review(token).await?;
+                let namespace = user
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|rest| rest.split_once(':'))
+                    .filter(|(_, name)| !name.is_empty())
+                    .map(|(ns, _)| ns);
+                match namespace {
+                    Some(ns) if ns == r.config.namespace || server_namespace(ns) => {
+                        Ok(Identity::ServiceAccount(user))
+                    }
+                    _ => {
+                        debug!(%user, "ServiceAccount of another namespace rejected");
+                        Err(AuthError::OtherNamespace {
+                            user,
+                            namespace: r.config.namespace.clone(),
+                        })
+                    }
+                }
+            }
         }
     }
 }
@@ -303,17 +328,6 @@ impl Reviewer {
             )));
         }
         let user = st.user.username;
-        let prefix = format!("system:serviceaccount:{}:", c.namespace);
-        let in_namespace = user
-            .strip_prefix(&prefix)
-            .is_some_and(|name| !name.is_empty());
-        if !in_namespace {
-            debug!(%user, "ServiceAccount of another namespace rejected");
-            return Err(AuthError::OtherNamespace {
-                user,
-                namespace: c.namespace.clone(),
-            });
-        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_LIMIT {
             cache.clear();

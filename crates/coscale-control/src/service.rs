@@ -130,7 +130,16 @@ impl ControlPlane {
     /// Checks an `Authorization` header value (static token, or with `--auth
     /// kubernetes` a ServiceAccount token); failures are logged with their reason.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Identity, AuthError> {
-        let r = self.inner.auth.authenticate(header).await;
+        let r = self
+            .inner
+            .auth
+            .authenticate(header, |ns| {
+                self.state()
+                    .servers
+                    .values()
+                    .any(|r| r.server.meta.namespace.as_deref() == Some(ns))
+            })
+            .await;
         if let Err(e) = &r {
             debug!("request not authenticated: {e}");
         }

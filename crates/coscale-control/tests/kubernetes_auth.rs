@@ -57,6 +57,11 @@ async fn token_review(
             "user": { "username": format!("system:serviceaccount:{NS}:mlserver") },
             "audiences": ["coscale"],
         }),
+        "sa-mesh-agent" => serde_json::json!({
+            "authenticated": true,
+            "user": { "username": "system:serviceaccount:seldon-mesh:default" },
+            "audiences": ["coscale"],
+        }),
         "sa-other-namespace" => serde_json::json!({
             "authenticated": true,
             "user": { "username": "system:serviceaccount:default:intruder" },
@@ -249,7 +254,7 @@ async fn service_account_tokens_of_the_install_namespace_are_accepted_after_a_to
         assert_eq!(code, 401, "{token}: {body}");
         reasons.insert(token, body);
     }
-    assert!(reasons["sa-other-namespace"].contains("not in namespace"));
+    assert!(reasons["sa-other-namespace"].contains("neither in namespace"));
     assert!(reasons["forged"].contains("invalid bearer token"));
     assert!(reasons["sa-wrong-audience"].contains("audiences"));
     assert_eq!(cp.status("/api/v1/models", None).await.0, 401);
@@ -264,6 +269,30 @@ async fn service_account_tokens_of_the_install_namespace_are_accepted_after_a_to
     let refused = cp.agent_session("sa-other-namespace").await.unwrap_err();
     assert!(refused.contains("Unauthenticated"), "{refused}");
     assert_eq!(cp.agent_session(STATIC).await, Ok("Accepted"));
+
+    // agents run in their Server's namespace: accepted once a Server lives there
+    let refused = cp.agent_session("sa-mesh-agent").await.unwrap_err();
+    assert!(refused.contains("neither in namespace"), "{refused}");
+    let server = "apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata:\n  name: mlserver\n  namespace: seldon-mesh\nspec:\n  serverConfig: builtin\n";
+    let applied = cp
+        .http
+        .post(format!("{}/api/v1/apply", cp.api))
+        .bearer_auth(STATIC)
+        .json(&serde_json::json!({ "source": "server.yaml", "text": server }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.status().as_u16(),
+        200,
+        "{}",
+        applied.text().await.unwrap()
+    );
+    assert_eq!(cp.agent_session("sa-mesh-agent").await, Ok("Accepted"));
+    assert_eq!(
+        cp.status("/api/v1/models", Some("sa-mesh-agent")).await.0,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
