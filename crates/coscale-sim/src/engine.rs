@@ -170,6 +170,10 @@ pub struct Sim<'a> {
     ring_filled: usize,
     demands: Vec<ModelDemand>,
     demands_stale: bool,
+    /// Counts changes of `demands` (see [`Sim::mark`]).
+    demand_gen: u64,
+    /// Per server, `needed` at a `demand_gen` (it depends on nothing else).
+    needed_cache: Vec<Option<(u64, Option<u32>)>>,
     dirty_models: Vec<u32>,
     is_dirty: Vec<bool>,
     native_pos: Vec<Vec<Option<usize>>>,
@@ -264,6 +268,8 @@ impl<'a> Sim<'a> {
             ring_filled: 0,
             demands,
             demands_stale: true,
+            demand_gen: 0,
+            needed_cache: vec![None; servers_spec.len()],
             dirty_models: (0..specs.len() as u32).collect(),
             is_dirty: vec![true; specs.len()],
             native_pos: vec![vec![None; specs.len()]; servers_spec.len()],
@@ -907,6 +913,17 @@ impl<'a> Sim<'a> {
 
     /// `replicas_needed` for server `s` over the models it hosts (or would host).
     fn needed(&mut self, s: usize) -> Option<u32> {
+        if let Some((generation, need)) = self.needed_cache[s] {
+            if generation == self.demand_gen {
+                return need;
+            }
+        }
+        let need = self.compute_needed(s);
+        self.needed_cache[s] = Some((self.demand_gen, need));
+        need
+    }
+
+    fn compute_needed(&mut self, s: usize) -> Option<u32> {
         self.refresh_demands();
         let spec = &self.servers_spec[s];
         let template = ServerView {
@@ -1021,6 +1038,7 @@ impl<'a> Sim<'a> {
             self.dirty_models.push(m as u32);
         }
         self.demands_stale = true;
+        self.demand_gen += 1;
     }
 
     /// Whether model `m`'s replicas are exactly the decision's (`server`, `replicas`),
