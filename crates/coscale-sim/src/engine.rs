@@ -641,10 +641,11 @@ impl<'a> Sim<'a> {
             self.ring_conc[idx] = (mr.conc_acc / MICROS_PER_SEC) as f32;
             mr.arrivals_now = 0;
             mr.conc_acc = 0.0;
+            // Each model's purge only reads and changes that model's state.
+            self.purge_timed_out(m);
         }
-        self.purge_timed_out();
         let mut policy = self.policy.take();
-        if let Some(p) = policy.as_mut() {
+        if let Some(p) = policy.as_mut().filter(|p| p.due(tick)) {
             for m in 0..self.models.len() {
                 if let Some(d) = p.tick(m, &self.view(m, tick)) {
                     self.set_desired(m, d);
@@ -691,33 +692,31 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Clients give up: requests past the timeout leave the heads of the queues (so
-    /// they stop counting as outstanding within a second of timing out).
-    fn purge_timed_out(&mut self) {
+    /// Clients give up: model `m`'s requests past the timeout leave the heads of its
+    /// queues (so they stop counting as outstanding within a second of timing out).
+    fn purge_timed_out(&mut self, m: usize) {
         let limit = self.timeout_us;
         let now = self.now;
         let stale = |q: &VecDeque<(Micros, u32)>| {
             q.front()
                 .is_some_and(|&(a, _)| now.saturating_sub(a) > limit)
         };
-        for m in 0..self.models.len() {
-            let mut gone = 0u32;
-            while stale(&self.models[m].pending) {
-                self.models[m].pending.pop_front();
+        let mut gone = 0u32;
+        while stale(&self.models[m].pending) {
+            self.models[m].pending.pop_front();
+            gone += 1;
+        }
+        for k in 0..self.models[m].reps.len() {
+            let r = self.models[m].reps[k] as usize;
+            while stale(&self.reps[r].queue) {
+                self.reps[r].queue.pop_front();
                 gone += 1;
             }
-            for k in 0..self.models[m].reps.len() {
-                let r = self.models[m].reps[k] as usize;
-                while stale(&self.reps[r].queue) {
-                    self.reps[r].queue.pop_front();
-                    gone += 1;
-                }
-            }
-            if gone > 0 {
-                self.touch(m);
-                self.models[m].outstanding -= gone;
-                self.out.timed_out += u64::from(gone);
-            }
+        }
+        if gone > 0 {
+            self.touch(m);
+            self.models[m].outstanding -= gone;
+            self.out.timed_out += u64::from(gone);
         }
     }
 

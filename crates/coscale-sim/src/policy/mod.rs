@@ -126,6 +126,11 @@ pub trait Policy {
     fn server_rule(&self) -> ServerRule {
         ServerRule::FromModelNeeds
     }
+    /// Whether [`Policy::tick`] may act at this tick; when false the simulator skips
+    /// the calls (a policy acting on its own period returns `None` between periods).
+    fn due(&self, _tick: u64) -> bool {
+        true
+    }
     /// Seconds of history the policy reads.
     fn history_secs(&self) -> usize {
         1
