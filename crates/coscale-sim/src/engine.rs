@@ -135,6 +135,8 @@ struct ServerRt {
 struct ModelRt {
     desired: u32,
     reps: Vec<u32>,
+    /// How many of `reps` are ready.
+    ready: u32,
     pending: VecDeque<(Micros, u32)>,
     outstanding: u32,
     conc_acc: f64,
@@ -168,6 +170,10 @@ pub struct Sim<'a> {
     ring_filled: usize,
     demands: Vec<ModelDemand>,
     demands_stale: bool,
+    /// Counts changes of `demands` (see [`Sim::mark`]).
+    demand_gen: u64,
+    /// Per server, `needed` at a `demand_gen` (it depends on nothing else).
+    needed_cache: Vec<Option<(u64, Option<u32>)>>,
     dirty_models: Vec<u32>,
     is_dirty: Vec<bool>,
     native_pos: Vec<Vec<Option<usize>>>,
@@ -178,11 +184,16 @@ pub struct Sim<'a> {
     server_names: Vec<ServerName>,
     placement_dirty: bool,
     server_dirty: bool,
+    /// Scratch: which ordinals of a server host a model replica.
+    ordinal_used: Vec<bool>,
     replica_removed: bool,
     placed_total: u64,
     server_total: u64,
     cost_since: Micros,
     service_rng: Rng,
+    /// `cfg.timeout_s` and `cfg.slo_s` in microseconds.
+    timeout_us: Micros,
+    slo_us: Micros,
     out: Outcomes,
     sample_every: u64,
     sample_arrivals: u64,
@@ -226,6 +237,7 @@ impl<'a> Sim<'a> {
                 .map(|m| ModelRt {
                     desired: m.initial_replicas,
                     reps: Vec::new(),
+                    ready: 0,
                     pending: VecDeque::new(),
                     outstanding: 0,
                     conc_acc: 0.0,
@@ -256,6 +268,8 @@ impl<'a> Sim<'a> {
             ring_filled: 0,
             demands,
             demands_stale: true,
+            demand_gen: 0,
+            needed_cache: vec![None; servers_spec.len()],
             dirty_models: (0..specs.len() as u32).collect(),
             is_dirty: vec![true; specs.len()],
             native_pos: vec![vec![None; specs.len()]; servers_spec.len()],
@@ -269,11 +283,14 @@ impl<'a> Sim<'a> {
                 .collect(),
             placement_dirty: true,
             server_dirty: true,
+            ordinal_used: Vec::new(),
             replica_removed: false,
             placed_total: 0,
             server_total: 0,
             cost_since: 0,
             service_rng: Rng::stream(cfg.seed, 0x005E_41C3),
+            timeout_us: micros(cfg.timeout_s),
+            slo_us: micros(cfg.slo_s),
             out: Outcomes::default(),
             sample_every: (duration_ticks / u64::from(cfg.chart_points.max(1))).max(1),
             sample_arrivals: 0,
@@ -320,10 +337,15 @@ impl<'a> Sim<'a> {
         for r in &mut self.reps {
             r.ready = true;
         }
+        for mr in &mut self.models {
+            mr.ready = mr.reps.len() as u32;
+        }
         self.push(SEC, Ev::Tick);
         let reqs = &trace.requests;
         let mut i = 0;
         let report_every = (reqs.len() / 100).max(1);
+        let mut to_report = report_every;
+        self.out.latencies_us.reserve(reqs.len());
         loop {
             let next_arrival = reqs.get(i).map(|r| r.time);
             let next_event = self.heap.peek().map(|(Reverse((t, _)), _)| *t);
@@ -338,7 +360,9 @@ impl<'a> Sim<'a> {
                 i += 1;
                 self.now = r.time;
                 self.arrival(r.model as usize, r.service);
-                if i % report_every == 0 {
+                to_report -= 1;
+                if to_report == 0 {
+                    to_report = report_every;
                     progress(r.time as f64 / end.max(1) as f64);
                 }
             } else if let Some((Reverse((t, _)), ev)) = self.heap.pop() {
@@ -471,7 +495,7 @@ impl<'a> Sim<'a> {
     }
 
     fn timed_out(&self, arrival: Micros) -> bool {
-        self.now.saturating_sub(arrival) > micros(self.cfg.timeout_s)
+        self.now.saturating_sub(arrival) > self.timeout_us
     }
 
     /// Starts queued requests while slots are free, timing out stale ones.
@@ -504,7 +528,7 @@ impl<'a> Sim<'a> {
         let lat = self.now - arrival;
         let lat32 = u32::try_from(lat).unwrap_or(u32::MAX);
         self.out.served += 1;
-        if lat <= micros(self.cfg.slo_s) {
+        if lat <= self.slo_us {
             self.out.good += 1;
         }
         self.out.latencies_us.push(lat32);
@@ -523,6 +547,7 @@ impl<'a> Sim<'a> {
         }
         self.reps[r].ready = true;
         let m = self.reps[r].model as usize;
+        self.models[m].ready += 1;
         self.models[m].state_changed = self.now;
         self.flush_pending(m);
     }
@@ -563,21 +588,16 @@ impl<'a> Sim<'a> {
 
     fn view(&self, m: usize, tick: u64) -> ModelView<'_> {
         let mr = &self.models[m];
-        let mut ready = 0;
         let mut max_out = 0;
         for &r in &mr.reps {
-            let rep = &self.reps[r as usize];
-            if rep.ready {
-                ready += 1;
-            }
-            max_out = max_out.max(rep.outstanding() as u32);
+            max_out = max_out.max(self.reps[r as usize].outstanding() as u32);
         }
         ModelView {
             now: self.now,
             tick,
             spec: &self.specs[m],
             desired: mr.desired,
-            ready,
+            ready: mr.ready,
             placed: mr.reps.len() as u32,
             outstanding: mr.outstanding,
             pending: mr.pending.len() as u32,
@@ -621,10 +641,11 @@ impl<'a> Sim<'a> {
             self.ring_conc[idx] = (mr.conc_acc / MICROS_PER_SEC) as f32;
             mr.arrivals_now = 0;
             mr.conc_acc = 0.0;
+            // Each model's purge only reads and changes that model's state.
+            self.purge_timed_out(m);
         }
-        self.purge_timed_out();
         let mut policy = self.policy.take();
-        if let Some(p) = policy.as_mut() {
+        if let Some(p) = policy.as_mut().filter(|p| p.due(tick)) {
             for m in 0..self.models.len() {
                 if let Some(d) = p.tick(m, &self.view(m, tick)) {
                     self.set_desired(m, d);
@@ -641,11 +662,7 @@ impl<'a> Sim<'a> {
         let (mut placed, mut ready) = (0u32, 0u32);
         let w = ((self.now.saturating_sub(1) as f64 / MICROS_PER_SEC) / self.cfg.window_s) as usize;
         for (m, mr) in self.models.iter().enumerate() {
-            let r = mr
-                .reps
-                .iter()
-                .filter(|&&r| self.reps[r as usize].ready)
-                .count() as u32;
+            let r = mr.ready;
             ready += r;
             placed += mr.reps.len() as u32;
             let load = self
@@ -675,33 +692,31 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Clients give up: requests past the timeout leave the heads of the queues (so
-    /// they stop counting as outstanding within a second of timing out).
-    fn purge_timed_out(&mut self) {
-        let limit = micros(self.cfg.timeout_s);
+    /// Clients give up: model `m`'s requests past the timeout leave the heads of its
+    /// queues (so they stop counting as outstanding within a second of timing out).
+    fn purge_timed_out(&mut self, m: usize) {
+        let limit = self.timeout_us;
         let now = self.now;
         let stale = |q: &VecDeque<(Micros, u32)>| {
             q.front()
                 .is_some_and(|&(a, _)| now.saturating_sub(a) > limit)
         };
-        for m in 0..self.models.len() {
-            let mut gone = 0u32;
-            while stale(&self.models[m].pending) {
-                self.models[m].pending.pop_front();
+        let mut gone = 0u32;
+        while stale(&self.models[m].pending) {
+            self.models[m].pending.pop_front();
+            gone += 1;
+        }
+        for k in 0..self.models[m].reps.len() {
+            let r = self.models[m].reps[k] as usize;
+            while stale(&self.reps[r].queue) {
+                self.reps[r].queue.pop_front();
                 gone += 1;
             }
-            for k in 0..self.models[m].reps.len() {
-                let r = self.models[m].reps[k] as usize;
-                while stale(&self.reps[r].queue) {
-                    self.reps[r].queue.pop_front();
-                    gone += 1;
-                }
-            }
-            if gone > 0 {
-                self.touch(m);
-                self.models[m].outstanding -= gone;
-                self.out.timed_out += u64::from(gone);
-            }
+        }
+        if gone > 0 {
+            self.touch(m);
+            self.models[m].outstanding -= gone;
+            self.out.timed_out += u64::from(gone);
         }
     }
 
@@ -760,6 +775,9 @@ impl<'a> Sim<'a> {
     fn remove_rep(&mut self, r: usize) {
         self.account_cost();
         let m = self.reps[r].model as usize;
+        if self.reps[r].ready {
+            self.models[m].ready -= 1;
+        }
         self.reps[r].alive = false;
         self.reps[r].ready = false;
         self.models[m].reps.retain(|&x| x as usize != r);
@@ -798,32 +816,41 @@ impl<'a> Sim<'a> {
                     }
                 }
                 ServerRule::Native => {
-                    let mut used = BTreeSet::new();
+                    let used = &mut self.ordinal_used;
+                    used.clear();
+                    used.resize(self.servers[s].reps.len(), false);
                     for mr in &self.models {
                         for &r in &mr.reps {
                             let rep = &self.reps[r as usize];
                             if rep.server == s as u32 {
-                                used.insert(rep.ordinal);
+                                if let Some(u) = used.get_mut(rep.ordinal as usize) {
+                                    *u = true;
+                                }
                             }
                         }
                     }
-                    let empty: BTreeSet<ReplicaIndex> = self.servers[s]
+                    let is_empty = |o: usize, rep: &SrvRep| rep.ready && !used[o];
+                    let any_empty = self.servers[s]
                         .reps
                         .iter()
                         .enumerate()
-                        .filter(|(o, rep)| rep.ready && !used.contains(&(*o as u32)))
-                        .map(|(o, _)| ReplicaIndex(o as u32))
-                        .collect();
+                        .any(|(o, rep)| is_empty(o, rep));
                     // Between changes, with no empty replica and no packing check due, the
                     // planner's answer cannot change: skip the call.
                     let now_ms = self.now / 1000;
                     let pack_due = self.native_states[s]
                         .last_pack_check_ms()
                         .is_none_or(|t| now_ms.saturating_sub(t) >= self.native_cfg.pack_period_ms);
-                    if !self.server_dirty && !self.replica_removed && empty.is_empty() && !pack_due
-                    {
+                    if !self.server_dirty && !self.replica_removed && !any_empty && !pack_due {
                         continue;
                     }
+                    let empty: BTreeSet<ReplicaIndex> = self.servers[s]
+                        .reps
+                        .iter()
+                        .enumerate()
+                        .filter(|(o, rep)| is_empty(*o, rep))
+                        .map(|(o, _)| ReplicaIndex(o as u32))
+                        .collect();
                     self.refresh_demands();
                     let view = self.server_view(s);
                     let input = ServerPlanInput {
@@ -885,6 +912,17 @@ impl<'a> Sim<'a> {
 
     /// `replicas_needed` for server `s` over the models it hosts (or would host).
     fn needed(&mut self, s: usize) -> Option<u32> {
+        if let Some((generation, need)) = self.needed_cache[s] {
+            if generation == self.demand_gen {
+                return need;
+            }
+        }
+        let need = self.compute_needed(s);
+        self.needed_cache[s] = Some((self.demand_gen, need));
+        need
+    }
+
+    fn compute_needed(&mut self, s: usize) -> Option<u32> {
         self.refresh_demands();
         let spec = &self.servers_spec[s];
         let template = ServerView {
@@ -999,6 +1037,29 @@ impl<'a> Sim<'a> {
             self.dirty_models.push(m as u32);
         }
         self.demands_stale = true;
+        self.demand_gen += 1;
+    }
+
+    /// Whether model `m`'s replicas are exactly the decision's (`server`, `replicas`),
+    /// so applying it would change nothing.
+    fn placement_unchanged(
+        &self,
+        m: usize,
+        server: Option<usize>,
+        replicas: &BTreeSet<ReplicaIndex>,
+    ) -> bool {
+        let mr = &self.models[m];
+        match server {
+            None => mr.reps.is_empty(),
+            Some(s) => {
+                mr.server == Some(s as u32)
+                    && mr.reps.len() == replicas.len()
+                    && mr.reps.iter().all(|&r| {
+                        let rep = &self.reps[r as usize];
+                        rep.server as usize == s && replicas.contains(&ReplicaIndex(rep.ordinal))
+                    })
+            }
+        }
     }
 
     fn place_models(&mut self) {
@@ -1017,6 +1078,9 @@ impl<'a> Sim<'a> {
                 dec.outcome,
                 Outcome::Partial { .. } | Outcome::Failed { .. }
             );
+            if self.placement_unchanged(m, server, &dec.replicas) {
+                continue;
+            }
             // Drop replicas not in the decision.
             let keep: Vec<u32> = self.models[m]
                 .reps

@@ -229,42 +229,127 @@ pub fn run(s: &Scenario, progress: &mut dyn FnMut(usize, f64)) -> Result<Run, Si
     run_trace(s, &trace, progress)
 }
 
+/// [`run`] with the policies spread over `threads` threads; see [`run_trace_parallel`].
+pub fn run_parallel(
+    s: &Scenario,
+    threads: usize,
+    progress: &(dyn Fn(usize, f64) + Sync),
+) -> Result<Run, SimError> {
+    let trace = s.build_trace()?;
+    run_trace_parallel(s, &trace, threads, progress)
+}
+
 /// [`run`] on a trace already built.
 pub fn run_trace(
     s: &Scenario,
     trace: &Trace,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<Run, SimError> {
-    let plans = oracle::plan(&s.models, trace, s.slo_s, s.oracle_window_s, s.duration_s);
-    let lb_s: f64 = plans.iter().map(|p| p.lb_s).sum();
-    let cfg = sim_config(s, &plans);
-    let mut policies = Vec::new();
-    let mut series = Vec::new();
+    let shared = Shared::new(s, trace);
+    let mut results = Vec::new();
     for (i, spec) in s.policies.iter().enumerate() {
+        results.push(shared.run_policy(spec, &mut |f| progress(i, f))?);
+    }
+    Ok(shared.assemble(results))
+}
+
+/// [`run_trace`] with the policies spread over `threads` threads (each policy's run is
+/// independent, so the result is the same as on one thread). `progress(policy index,
+/// fraction)` is called from the worker threads.
+pub fn run_trace_parallel(
+    s: &Scenario,
+    trace: &Trace,
+    threads: usize,
+    progress: &(dyn Fn(usize, f64) + Sync),
+) -> Result<Run, SimError> {
+    let shared = Shared::new(s, trace);
+    let n = s.policies.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, PolicyResult)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, n.max(1)))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(spec) = s.policies.get(i) else {
+                            return mine;
+                        };
+                        mine.push((i, shared.run_policy(spec, &mut |f| progress(i, f))));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    let results = done
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(shared.assemble(results))
+}
+
+type PolicyResult = Result<(PolicySummary, Series), SimError>;
+
+/// What every policy's run of one scenario shares: the trace, the oracle's plans and
+/// the simulation settings.
+struct Shared<'a> {
+    s: &'a Scenario,
+    trace: &'a Trace,
+    plans: Vec<ModelPlan>,
+    lb_s: f64,
+    cfg: SimConfig,
+}
+
+impl<'a> Shared<'a> {
+    fn new(s: &'a Scenario, trace: &'a Trace) -> Self {
+        let plans = oracle::plan(&s.models, trace, s.slo_s, s.oracle_window_s, s.duration_s);
+        let lb_s = plans.iter().map(|p| p.lb_s).sum();
+        let cfg = sim_config(s, &plans);
+        Self {
+            s,
+            trace,
+            plans,
+            lb_s,
+            cfg,
+        }
+    }
+
+    fn run_policy(&self, spec: &policy::PolicySpec, progress: &mut dyn FnMut(f64)) -> PolicyResult {
         let err = |message: String| SimError::Policy {
             policy: spec.name().to_string(),
             message,
         };
         let kind = spec.kind().map_err(err)?;
-        let mut policy = build_policy(&kind, s, &plans).map_err(err)?;
-        let out = run_one(s, &cfg, trace, policy.as_mut(), &mut |f| progress(i, f));
-        let (summary, samples) = summarize(spec.name(), out, lb_s);
-        policies.push(summary);
-        series.push(Series {
-            policy: spec.name().to_string(),
-            samples,
-        });
+        let mut policy = build_policy(&kind, self.s, &self.plans).map_err(err)?;
+        let out = run_one(self.s, &self.cfg, self.trace, policy.as_mut(), progress);
+        let (summary, samples) = summarize(spec.name(), out, self.lb_s);
+        Ok((
+            summary,
+            Series {
+                policy: spec.name().to_string(),
+                samples,
+            },
+        ))
     }
-    Ok(Run {
-        summary: Summary {
-            scenario: s.name.clone(),
-            seed: s.seed,
-            requests: trace.requests.len() as u64,
-            oracle_lower_bound_replica_seconds: round(lb_s, 1),
-            policies,
-        },
-        series,
-    })
+
+    fn assemble(&self, results: Vec<(PolicySummary, Series)>) -> Run {
+        let (policies, series) = results.into_iter().unzip();
+        Run {
+            summary: Summary {
+                scenario: self.s.name.clone(),
+                seed: self.s.seed,
+                requests: self.trace.requests.len() as u64,
+                oracle_lower_bound_replica_seconds: round(self.lb_s, 1),
+                policies,
+            },
+            series,
+        }
+    }
 }
 
 #[cfg(test)]

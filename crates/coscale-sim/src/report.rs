@@ -217,7 +217,27 @@ fn write(path: &Path, text: &str) -> Result<(), ReportError> {
     })
 }
 
-/// Writes `summary.json`, `<policy>.svg` for each policy and `report.html` into `dir`.
+/// One policy's time series as CSV, one row per sample (the data of its chart).
+pub fn csv(series: &Series) -> String {
+    let mut out =
+        String::from("t_s,load_rps,model_replicas,ready_model_replicas,server_replicas,p99_ms\n");
+    for p in &series.samples {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{},{}",
+            p.t_s,
+            p.load_rps,
+            p.model_replicas,
+            p.ready_model_replicas,
+            p.server_replicas,
+            p.p99_ms
+        );
+    }
+    out
+}
+
+/// Writes `summary.json`, `<policy>.svg` and `<policy>.csv` (its time series) for each
+/// policy and `report.html` into `dir`.
 pub fn write_all(run: &Run, dir: &Path) -> Result<(), ReportError> {
     std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
         path: dir.display().to_string(),
@@ -228,6 +248,10 @@ pub fn write_all(run: &Run, dir: &Path) -> Result<(), ReportError> {
         write(
             &dir.join(format!("{}.svg", slug(&series.policy))),
             &svg(series),
+        )?;
+        write(
+            &dir.join(format!("{}.csv", slug(&series.policy))),
+            &csv(series),
         )?;
     }
     write(&dir.join("report.html"), &html(run))
@@ -282,6 +306,15 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 4);
         // The load panel's line runs from (left, bottom) to (right, top).
         assert!(svg.contains(r#"points="52.0,126.0 410.0,36.0""#), "{svg}");
+    }
+
+    #[test]
+    fn the_csv_has_a_header_and_one_row_per_sample() {
+        assert_eq!(
+            csv(&run().series[0]),
+            "t_s,load_rps,model_replicas,ready_model_replicas,server_replicas,p99_ms\n\
+             0,0,2,2,1,12.5\n10,5,2,2,1,12.5\n"
+        );
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub struct RawScenario {
     /// Window of the built-in `infer_rps` metric that HPA and KEDA read.
     #[serde(default = "default_rps_window")]
     pub rps_window_s: u32,
-    /// Points per chart.
+    /// Points per chart (1–5000; each point's p99 covers the requests completed since
+    /// the previous one, so `duration_s / chart_points` seconds per point).
     #[serde(default = "default_points")]
     pub chart_points: u32,
     pub models: Vec<RawModel>,
@@ -476,7 +477,7 @@ fn validate(raw: RawScenario, path: &str, base_dir: &Path) -> Result<Scenario, S
         max_pending: raw.max_pending,
         oracle_window_s,
         rps_window_s: raw.rps_window_s,
-        chart_points: raw.chart_points.clamp(10, 5000),
+        chart_points: raw.chart_points.clamp(1, 5000),
         models,
         servers,
         traffic: raw.traffic,

@@ -6,7 +6,7 @@ mod common;
 
 use common::{at, scenario};
 use coscale_sim::report::summary_json;
-use coscale_sim::{run, run_named, run_trace};
+use coscale_sim::{run, run_named, run_parallel, run_trace};
 use proptest::prelude::*;
 
 const MIXED: &str = "name: mixed\nseed: 7\nduration_s: 600\nslo_ms: 200\ntimeout_ms: 1500\nmax_pending: 50\n\
@@ -30,6 +30,25 @@ fn the_same_seed_gives_a_byte_identical_summary_and_another_seed_does_not() {
     other.seed = 8;
     let c = summary_json(&run(&other, &mut |_, _| {}).unwrap().summary).unwrap();
     assert_ne!(a, c);
+}
+
+#[test]
+fn policies_run_on_several_threads_give_the_same_run_as_on_one() {
+    let s = scenario(MIXED);
+    let one = run(&s, &mut |_, _| {}).unwrap();
+    let seen = std::sync::Mutex::new(vec![0.0f64; s.policies.len()]);
+    for threads in [2, 3, 16] {
+        let many = run_parallel(&s, threads, &|i, f| {
+            let mut seen = seen.lock().unwrap();
+            seen[i] = seen[i].max(f);
+        })
+        .unwrap();
+        assert_eq!(many, one, "{threads} threads");
+    }
+    assert!(
+        seen.lock().unwrap().iter().all(|&f| f == 1.0),
+        "every policy reports its progress to the end"
+    );
 }
 
 #[test]

@@ -111,10 +111,13 @@ impl ModelPolicyState {
         {
             self.samples.pop_front();
         }
+        // Samples are in time order, so the window is a suffix; the sum of integer
+        // counts is exact in any order.
         let (sum, count) = self
             .samples
             .iter()
-            .filter(|s| now_ms.saturating_sub(s.at_ms) < cfg.window_ms)
+            .rev()
+            .take_while(|s| now_ms.saturating_sub(s.at_ms) < cfg.window_ms)
             .fold((f64::from(in_flight), 1u32), |(sum, n), s| {
                 (sum + f64::from(s.in_flight), n.saturating_add(1))
             });

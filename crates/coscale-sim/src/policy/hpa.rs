@@ -160,10 +160,14 @@ impl Hpa {
 
 impl Policy for Hpa {
     fn tick(&mut self, model: usize, v: &ModelView<'_>) -> Option<u32> {
-        if !on_period(v.tick, u64::from(self.cfg.sync_s)) {
+        if !self.due(v.tick) {
             return None;
         }
         self.sync(model, v)
+    }
+
+    fn due(&self, tick: u64) -> bool {
+        on_period(tick, u64::from(self.cfg.sync_s))
     }
 
     fn history_secs(&self) -> usize {

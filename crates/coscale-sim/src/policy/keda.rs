@@ -92,6 +92,11 @@ impl Policy for Keda {
         out
     }
 
+    fn due(&self, tick: u64) -> bool {
+        on_period(tick, u64::from(self.cfg.polling_interval_s))
+            || on_period(tick, u64::from(self.hpa.cfg.sync_s))
+    }
+
     fn history_secs(&self) -> usize {
         self.hpa.window_s
     }

@@ -130,8 +130,12 @@ impl Kpa {
 }
 
 impl Policy for Kpa {
+    fn due(&self, tick: u64) -> bool {
+        on_period(tick, u64::from(self.cfg.tick_s))
+    }
+
     fn tick(&mut self, model: usize, v: &ModelView<'_>) -> Option<u32> {
-        if !on_period(v.tick, u64::from(self.cfg.tick_s)) {
+        if !self.due(v.tick) {
             return None;
         }
         let input = KpaInput {

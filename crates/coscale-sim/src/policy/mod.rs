@@ -33,11 +33,22 @@ pub struct History<'a> {
 }
 
 impl History<'_> {
+    /// Σ of the newest `n` entries, newest first (the order fixes the rounding), walking
+    /// the ring backwards from `head` without a division per entry.
     fn sum(ring: &[f32], head: usize, n: usize) -> f64 {
-        let len = ring.len();
-        (0..n)
-            .map(|k| f64::from(ring[(head + len - k) % len]))
-            .sum()
+        let (newer, older) = ring.split_at((head + 1).min(ring.len()));
+        let from_newer = n.min(newer.len());
+        let mut sum = 0.0;
+        for &x in newer[newer.len() - from_newer..].iter().rev() {
+            sum += f64::from(x);
+        }
+        for &x in older[older.len() - (n - from_newer).min(older.len())..]
+            .iter()
+            .rev()
+        {
+            sum += f64::from(x);
+        }
+        sum
     }
 
     /// Seconds actually covered by a window of `secs`.
@@ -114,6 +125,11 @@ pub trait Policy {
     }
     fn server_rule(&self) -> ServerRule {
         ServerRule::FromModelNeeds
+    }
+    /// Whether [`Policy::tick`] may act at this tick; when false the simulator skips
+    /// the calls (a policy acting on its own period returns `None` between periods).
+    fn due(&self, _tick: u64) -> bool {
+        true
     }
     /// Seconds of history the policy reads.
     fn history_secs(&self) -> usize {

@@ -54,10 +54,14 @@ pub struct Seldon {
 
 impl Policy for Seldon {
     fn tick(&mut self, _model: usize, v: &ModelView<'_>) -> Option<u32> {
-        if !on_period(v.tick, u64::from(self.cfg.stats_period_s)) {
+        if !self.due(v.tick) {
             return None;
         }
         decide(&self.cfg, v)
+    }
+
+    fn due(&self, tick: u64) -> bool {
+        on_period(tick, u64::from(self.cfg.stats_period_s))
     }
 
     fn server_rule(&self) -> ServerRule {
