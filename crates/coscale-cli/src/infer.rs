@@ -7,7 +7,7 @@ use coscale_api::pb::inference::grpc_inference_service_client::GrpcInferenceServ
 use coscale_api::v2::{InferRequest, InferResponse};
 use tonic::transport::Channel;
 
-use crate::client::{Client, Target};
+use crate::client::Target;
 
 #[derive(Debug, clap::Args)]
 pub struct InferArgs {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::client::{Client, Target};
+use crate::client::Target;
 use crate::infer::{read_data, V2Client};
 use crate::output::{self, Format};
 
