@@ -126,7 +126,7 @@ pub struct ServerSpec {
     kind = "ServerConfig",
     plural = "serverconfigs",
     namespaced,
-    shortname = "mlsc",
+    shortname = "mlc",
     schema = "manual",
     printcolumn(
         name = "Age",

@@ -71,7 +71,7 @@ fn names_subresources_and_columns_are_seldons() {
         (
             "serverconfigs.mlops.seldon.io",
             "ServerConfig",
-            "mlsc",
+            "mlc",
             false,
         ),
     ];
