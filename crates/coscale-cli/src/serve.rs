@@ -47,6 +47,10 @@ pub struct UpArgs {
     /// Seconds after which server replicas exit when this process is gone (crash).
     #[arg(long, env = "COSCALE_ORPHAN_GRACE_SECONDS", default_value_t = 30)]
     pub orphan_grace_seconds: u64,
+    /// Threads of the router's own runtime: 1 = one thread that handles a request from end to
+    /// end; N > 1 = N worker threads; 0 = share the control plane's runtime.
+    #[arg(long, env = "COSCALE_ROUTER_THREADS", default_value_t = 0)]
+    pub router_threads: usize,
     #[command(flatten)]
     pub autoscaling: AutoscalingArgs,
     #[command(flatten)]
@@ -148,6 +152,7 @@ impl UpArgs {
             hpa: self.hpa.config()?,
             router: RouterConfig {
                 body_limit_bytes: self.body_limit,
+                threads: self.router_threads,
                 ..RouterConfig::default()
             },
         })
