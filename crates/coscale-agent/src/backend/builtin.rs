@@ -290,9 +290,9 @@ mod tests {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..4 {
             let inflight = stats.begin("iris_1", Protocol::Rest).unwrap();
-            let (backend, done_tx) = (backend.clone(), done_tx.clone());
+            let (task_backend, done_tx) = (backend.clone(), done_tx.clone());
             tokio::spawn(async move {
-                let result = backend.infer("iris_1", &iris_request()).await;
+                let result = task_backend.infer("iris_1", &iris_request()).await;
                 inflight.finish("200", result.is_ok());
                 done_tx.send((i, result)).unwrap();
             });
