@@ -30,6 +30,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process; the size of the `up` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run control plane, router and server replicas on this machine.
     Up(serve::UpArgs),
