@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coscale_api::pb::agent::{ModelRef, ModelStats, Stats as StatsMsg};
@@ -58,11 +58,24 @@ struct ReplicaLabels {
     server_replica: String,
 }
 
+type SecondsCounter = Counter<f64, AtomicU64>;
+
+/// The Prometheus series one successful request of a model version updates, looked up once
+/// (on the first success per protocol) instead of by label set on every request.
+#[derive(Debug)]
+struct InferHandles {
+    total: Counter,
+    seconds: SecondsCounter,
+    api_seconds: Histogram,
+}
+
 /// Per model version counters on the hot path (atomics only).
 #[derive(Debug, Default)]
 pub struct ModelCounters {
     pub name: String,
     pub version: u32,
+    /// `<name>_<version>`: the name the backend knows this version by.
+    pub internal: String,
     pub in_flight: AtomicU32,
     pub total: AtomicU64,
     pub failed: AtomicU64,
@@ -70,6 +83,8 @@ pub struct ModelCounters {
     pub last_used_millis: AtomicU64,
     pub rest: AtomicU64,
     pub grpc: AtomicU64,
+    /// Per [`Protocol::index`]: the series of successful requests.
+    ok_handles: [OnceLock<InferHandles>; 2],
 }
 
 /// Protocol of a request.
@@ -86,6 +101,29 @@ impl Protocol {
             Protocol::Grpc => "grpc",
         }
     }
+
+    fn index(self) -> usize {
+        match self {
+            Protocol::Rest => 0,
+            Protocol::Grpc => 1,
+        }
+    }
+
+    /// The `code` label of a successful request.
+    fn ok_code(self) -> &'static str {
+        match self {
+            Protocol::Rest => "200",
+            Protocol::Grpc => "OK",
+        }
+    }
+
+    /// The `method` label of `seldon_model_infer_api_seconds`.
+    fn api_method(self) -> &'static str {
+        match self {
+            Protocol::Rest => "POST",
+            Protocol::Grpc => "grpc",
+        }
+    }
 }
 
 /// All statistics of the replica.
@@ -97,9 +135,11 @@ pub struct Stats {
     versions: RwLock<HashMap<String, std::collections::BTreeSet<u32>>>,
     registry: Registry,
     infer_total: Family<InferLabels, Counter>,
-    infer_seconds: Family<InferLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    infer_seconds: Family<InferLabels, SecondsCounter>,
     aggregate_total: Family<AggregateLabels, Counter>,
-    aggregate_seconds: Family<AggregateLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    aggregate_seconds: Family<AggregateLabels, SecondsCounter>,
+    /// Per [`Protocol::index`]: the replica-wide series, looked up on first use.
+    aggregate_handles: [OnceLock<(Counter, SecondsCounter)>; 2],
     api_seconds: Family<ApiLabels, Histogram>,
     loaded: Family<ModelLabels, Gauge>,
     loaded_memory: Family<ModelLabels, Gauge>,
@@ -120,7 +160,6 @@ pub fn unix_millis() -> u64 {
 pub struct InFlight {
     stats: Arc<Stats>,
     counters: Arc<ModelCounters>,
-    internal: String,
     protocol: Protocol,
     started: std::time::Instant,
     done: bool,
@@ -152,8 +191,7 @@ impl InFlight {
             Protocol::Rest => c.rest.fetch_add(1, Ordering::Relaxed),
             Protocol::Grpc => c.grpc.fetch_add(1, Ordering::Relaxed),
         };
-        self.stats
-            .record_metrics(c, &self.internal, self.protocol, code, elapsed);
+        self.stats.record_metrics(c, self.protocol, code, elapsed);
     }
 }
 
@@ -177,9 +215,9 @@ impl Stats {
     ) -> Arc<Self> {
         let mut registry = Registry::default();
         let infer_total = Family::<InferLabels, Counter>::default();
-        let infer_seconds = Family::<InferLabels, Counter<f64, AtomicU64>>::default();
+        let infer_seconds = Family::<InferLabels, SecondsCounter>::default();
         let aggregate_total = Family::<AggregateLabels, Counter>::default();
-        let aggregate_seconds = Family::<AggregateLabels, Counter<f64, AtomicU64>>::default();
+        let aggregate_seconds = Family::<AggregateLabels, SecondsCounter>::default();
         let api_seconds =
             Family::<ApiLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS));
         let loaded = Family::<ModelLabels, Gauge>::default();
@@ -274,6 +312,7 @@ impl Stats {
             infer_seconds,
             aggregate_total,
             aggregate_seconds,
+            aggregate_handles: Default::default(),
             api_seconds,
             loaded,
             loaded_memory,
@@ -305,6 +344,7 @@ impl Stats {
             Arc::new(ModelCounters {
                 name: name.to_owned(),
                 version,
+                internal: internal.to_owned(),
                 ..ModelCounters::default()
             })
         });
@@ -412,7 +452,6 @@ impl Stats {
         Some(InFlight {
             stats: self.clone(),
             counters,
-            internal: internal.to_owned(),
             protocol,
             started: std::time::Instant::now(),
             done: false,
@@ -439,42 +478,57 @@ impl Stats {
             .fold(0u32, u32::saturating_add)
     }
 
-    fn record_metrics(
-        &self,
-        c: &ModelCounters,
-        internal: &str,
-        protocol: Protocol,
-        code: &str,
-        elapsed: Duration,
-    ) {
+    fn record_metrics(&self, c: &ModelCounters, protocol: Protocol, code: &str, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
+        let (agg_total, agg_seconds) = self.aggregate_handles[protocol.index()].get_or_init(|| {
+            let labels = AggregateLabels {
+                server: self.server.clone(),
+                server_replica: self.replica.clone(),
+                method_type: protocol.as_str().to_owned(),
+            };
+            (
+                self.aggregate_total.get_or_create(&labels).clone(),
+                self.aggregate_seconds.get_or_create(&labels).clone(),
+            )
+        });
+        agg_total.inc();
+        agg_seconds.inc_by(secs);
+        if code == protocol.ok_code() {
+            let h = c.ok_handles[protocol.index()]
+                .get_or_init(|| self.infer_handles(c, protocol, code));
+            h.total.inc();
+            h.seconds.inc_by(secs);
+            h.api_seconds.observe(secs);
+        } else {
+            // Failures are rare and their codes vary: look the series up by label set.
+            let h = self.infer_handles(c, protocol, code);
+            h.total.inc();
+            h.seconds.inc_by(secs);
+            h.api_seconds.observe(secs);
+        }
+    }
+
+    /// The per-model series of one (protocol, code), created if new.
+    fn infer_handles(&self, c: &ModelCounters, protocol: Protocol, code: &str) -> InferHandles {
         let labels = InferLabels {
             server: self.server.clone(),
             server_replica: self.replica.clone(),
             model: c.name.clone(),
-            model_internal: internal.to_owned(),
+            model_internal: c.internal.clone(),
             method_type: protocol.as_str().to_owned(),
             code: code.to_owned(),
         };
-        self.infer_total.get_or_create(&labels).inc();
-        self.infer_seconds.get_or_create(&labels).inc_by(secs);
-        let agg = AggregateLabels {
-            server: self.server.clone(),
-            server_replica: self.replica.clone(),
-            method_type: protocol.as_str().to_owned(),
-        };
-        self.aggregate_total.get_or_create(&agg).inc();
-        self.aggregate_seconds.get_or_create(&agg).inc_by(secs);
         let api = ApiLabels {
             server: self.server.clone(),
             server_replica: self.replica.clone(),
-            method: match protocol {
-                Protocol::Rest => "POST".to_owned(),
-                Protocol::Grpc => "grpc".to_owned(),
-            },
+            method: protocol.api_method().to_owned(),
             code: code.to_owned(),
         };
-        self.api_seconds.get_or_create(&api).observe(secs);
+        InferHandles {
+            total: self.infer_total.get_or_create(&labels).clone(),
+            seconds: self.infer_seconds.get_or_create(&labels).clone(),
+            api_seconds: self.api_seconds.get_or_create(&api).clone(),
+        }
     }
 
     /// Prometheus text exposition.
@@ -553,5 +607,61 @@ mod tests {
     fn unknown_models_are_not_tracked() {
         let s = Stats::new("s", 0, 1, 0);
         assert!(s.begin("nope_1", Protocol::Rest).is_none());
+    }
+
+    #[test]
+    fn cached_series_count_like_label_lookups_across_codes_protocols_and_reloads() {
+        let s = Stats::new("srv", 0, 1, 0);
+        s.model_loaded("m", 1, "m_1", 0);
+        for _ in 0..2 {
+            s.begin("m_1", Protocol::Rest).unwrap().finish("200", true);
+        }
+        s.begin("m_1", Protocol::Rest).unwrap().finish("500", false);
+        s.begin("m_1", Protocol::Grpc).unwrap().finish("OK", true);
+        s.model_unloaded("m_1");
+        s.model_loaded("m", 1, "m_1", 0);
+        s.begin("m_1", Protocol::Rest).unwrap().finish("200", true);
+        let text = s.encode();
+        let series = |name: &str, labels: &str, value: &str| {
+            let line = format!("{name}{{server=\"srv\",server_replica=\"0\",{labels}}} {value}\n");
+            assert!(text.contains(&line), "no `{line}` in\n{text}");
+        };
+        let model = "model=\"m\",model_internal=\"m_1\"";
+        series(
+            "seldon_model_infer_total",
+            &format!("{model},method_type=\"rest\",code=\"200\""),
+            "3",
+        );
+        series(
+            "seldon_model_infer_total",
+            &format!("{model},method_type=\"rest\",code=\"500\""),
+            "1",
+        );
+        series(
+            "seldon_model_infer_total",
+            &format!("{model},method_type=\"grpc\",code=\"OK\""),
+            "1",
+        );
+        series(
+            "seldon_model_aggregate_infer_total",
+            "method_type=\"rest\"",
+            "4",
+        );
+        series(
+            "seldon_model_aggregate_infer_total",
+            "method_type=\"grpc\"",
+            "1",
+        );
+        series(
+            "seldon_model_infer_api_seconds_count",
+            "method=\"POST\",code=\"200\"",
+            "3",
+        );
+        series(
+            "seldon_model_infer_api_seconds_count",
+            "method=\"grpc\",code=\"OK\"",
+            "1",
+        );
+        assert!(!text.contains("code=\"Cancelled\""), "{text}");
     }
 }

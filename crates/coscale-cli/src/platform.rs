@@ -205,11 +205,22 @@ impl Platform {
         {
             let handle = RouterHandle::new(opts.router.clone(), control.routes());
             let rx = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = coscale_router::serve(handle, rhttp, rgrpc, wait(rx)).await {
-                    tracing::error!("router failed: {e}");
-                }
-            }));
+            if opts.router.threads == 0 {
+                tasks.push(tokio::spawn(async move {
+                    if let Err(e) = coscale_router::serve(handle, rhttp, rgrpc, wait(rx)).await {
+                        tracing::error!("router failed: {e}");
+                    }
+                }));
+            } else {
+                let threads = opts.router.threads;
+                let router =
+                    coscale_router::serve_dedicated(handle, rhttp, rgrpc, threads, wait(rx))?;
+                tasks.push(tokio::task::spawn_blocking(move || match router.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("router failed: {e}"),
+                    Err(_) => tracing::error!("router thread panicked"),
+                }));
+            }
         }
         {
             let cp = control.clone();

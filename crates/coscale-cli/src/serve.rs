@@ -57,8 +57,9 @@ pub struct UpArgs {
     )]
     pub provisioner: Provisioner,
     /// Who may call the API, /metrics and the agent channel: `static` (the token in
-    /// DATA_DIR/token) or `kubernetes` (also ServiceAccount tokens of this namespace,
-    /// audience `coscale`, checked with a TokenReview; in-cluster configuration).
+    /// DATA_DIR/token) or `kubernetes` (also ServiceAccount tokens, audience `coscale`,
+    /// checked with a TokenReview, of this namespace or of a namespace holding a Server;
+    /// in-cluster configuration).
     #[arg(long, env = "COSCALE_AUTH", value_enum, default_value_t = AuthMode::Static)]
     pub auth: AuthMode,
     /// HTTPS address of the custom metrics API for the Kubernetes aggregation layer
@@ -78,6 +79,10 @@ pub struct UpArgs {
     /// gRPC address of the KEDA external scaler (`externalscaler.ExternalScaler`).
     #[arg(long, env = "COSCALE_KEDA_SCALER_ADDR")]
     pub keda_scaler_addr: Option<SocketAddr>,
+    /// Threads of the router's own runtime: 1 = one thread that handles a request from end to
+    /// end; N > 1 = N worker threads; 0 = share the control plane's runtime.
+    #[arg(long, env = "COSCALE_ROUTER_THREADS", default_value_t = 0)]
+    pub router_threads: usize,
     #[command(flatten)]
     pub autoscaling: AutoscalingArgs,
     #[command(flatten)]
@@ -188,6 +193,7 @@ impl UpArgs {
             hpa: self.hpa.config()?,
             router: RouterConfig {
                 body_limit_bytes: self.body_limit,
+                threads: self.router_threads,
                 ..RouterConfig::default()
             },
             provisioner: self.provisioner,

@@ -17,6 +17,9 @@ pub struct RouterConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per replica.
     pub pool_max_idle_per_host: usize,
+    /// Threads of the router's own runtime ([`crate::serve_dedicated`]): 1 is a current-thread
+    /// runtime on one OS thread, more a multi-thread runtime; 0 means the caller's runtime.
+    pub threads: usize,
 }
 
 impl Default for RouterConfig {
@@ -28,6 +31,7 @@ impl Default for RouterConfig {
             request_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
+            threads: 0,
         }
     }
 }

@@ -26,7 +26,7 @@ pub use grpc::{grpc_service, GrpcRouter};
 pub use handle::RouterHandle;
 pub use name::{decode_model_segment, validate_model_name};
 pub use rest::http_app;
-pub use serve::{serve, ServeError};
+pub use serve::{serve, serve_dedicated, ServeError};
 pub use state::{Picked, Replica, RouterState};
 
 /// Header / gRPC metadata key naming the model to route to (Seldon's).

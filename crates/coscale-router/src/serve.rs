@@ -17,6 +17,46 @@ pub enum ServeError {
     Http(#[source] std::io::Error),
     #[error("router gRPC server failed: {0}")]
     Grpc(#[source] tonic::transport::Error),
+    #[error("router runtime failed to start: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Runs [`serve`] on a runtime of its own, on new OS threads, and returns at once; the
+/// listeners move to that runtime. `threads` = 1 gives a current-thread runtime on one thread:
+/// the client's connection, the forwarding handler and the pooled connection to the replica
+/// then wake each other on that thread instead of across threads (as in one nginx worker).
+/// More threads give a multi-thread runtime with that many workers.
+pub fn serve_dedicated(
+    handle: RouterHandle,
+    http_listener: TcpListener,
+    grpc_listener: TcpListener,
+    threads: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<(), ServeError>>, ServeError> {
+    let http = http_listener.into_std().map_err(ServeError::Runtime)?;
+    let grpc = grpc_listener.into_std().map_err(ServeError::Runtime)?;
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = builder
+        .enable_all()
+        .thread_name("coscale-router")
+        .build()
+        .map_err(ServeError::Runtime)?;
+    std::thread::Builder::new()
+        .name("coscale-router".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let http = TcpListener::from_std(http).map_err(ServeError::Runtime)?;
+                let grpc = TcpListener::from_std(grpc).map_err(ServeError::Runtime)?;
+                serve(handle, http, grpc, shutdown).await
+            })
+        })
+        .map_err(ServeError::Runtime)
 }
 
 /// Serves V2 REST (and `/metrics`) on `http_listener` and V2 gRPC on `grpc_listener` until
