@@ -210,14 +210,11 @@ pub struct ServerStatus {
 
 /// CEL rule on the whole object: the name is a DNS-1123 label (coscale's rule for Server
 /// and ServerConfig names; the API server itself only requires a DNS-1123 subdomain).
-/// No `fieldPath`: the API server accepts only paths the schema declares, and `metadata`
-/// is declared as a bare object.
 pub const DNS1123_LABEL_NAME_RULE: CelRule = CelRule {
     rule: "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') \
            && size(self.metadata.name) <= 63",
     message: "metadata.name must be a DNS-1123 label: lowercase letters, digits and '-', \
               starting and ending with a letter or digit, at most 63 characters",
-    field_path: "",
 };
 
 /// Rewrites a schemars schema into a Kubernetes structural schema: no `null` types (an

@@ -80,10 +80,9 @@ impl JsonSchema for IntOrString {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CelRule {
     pub rule: &'static str,
+    /// Names the offending field itself: no `fieldPath`, which Kubernetes accepts only
+    /// from 1.28 on (the chart supports 1.27).
     pub message: &'static str,
-    /// The field the error is reported on, relative to the object the rule is on; empty
-    /// for the object itself.
-    pub field_path: &'static str,
 }
 
 /// Seldon's `GetValidatedScalingSpec` on a Model or Server spec, as coscale applies it
@@ -94,20 +93,17 @@ pub const REPLICA_RULES: [CelRule; 3] = [
         rule: "!has(self.minReplicas) || self.minReplicas == 0 || !has(self.replicas) \
                || self.replicas >= self.minReplicas",
         message: "scaling spec is invalid: replicas is less than minReplicas",
-        field_path: ".replicas",
     },
     CelRule {
         rule: "!has(self.maxReplicas) || self.maxReplicas == 0 || !has(self.minReplicas) \
                || self.minReplicas <= self.maxReplicas",
         message: "scaling spec is invalid: minReplicas is greater than maxReplicas",
-        field_path: ".minReplicas",
     },
     CelRule {
         rule: "!has(self.maxReplicas) || self.maxReplicas == 0 || (has(self.replicas) \
                ? self.replicas : (has(self.minReplicas) && self.minReplicas > 0 \
                ? self.minReplicas : 1)) <= self.maxReplicas",
         message: "scaling spec is invalid: replicas is greater than maxReplicas",
-        field_path: ".replicas",
     },
 ];
 
@@ -115,13 +111,7 @@ pub const REPLICA_RULES: [CelRule; 3] = [
 pub fn validations(rules: &[CelRule]) -> serde_json::Value {
     rules
         .iter()
-        .map(|r| {
-            let mut v = json!({ "rule": r.rule, "message": r.message });
-            if !r.field_path.is_empty() {
-                v["fieldPath"] = json!(r.field_path);
-            }
-            v
-        })
+        .map(|r| json!({ "rule": r.rule, "message": r.message }))
         .collect()
 }
 
