@@ -37,7 +37,8 @@ echo "- MLServer $("$python" -c 'import mlserver; print(mlserver.__version__)'),
 work="$(mktemp -d /tmp/coscale-mlbench-XXXX)"
 pids=()
 keep=0
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ "$keep" = 1 ] || rm -rf "$work"; }
+# (waits for these pids only: a bare `wait` would also wait for the `tee` of this script's own output)
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; [ "$keep" = 1 ] || rm -rf "$work"; }
 trap cleanup EXIT
 pin_server() { if [ "$PIN" = 1 ]; then taskset -a -p -c 0 "$1" >/dev/null; fi; }
 run_wrk() { if [ "$PIN" = 1 ]; then nice -n "$NICE" taskset -c 1 wrk "$@"; else nice -n "$NICE" wrk "$@"; fi; }
@@ -79,13 +80,13 @@ router=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["rout
 printf 'apiVersion: mlops.seldon.io/v1alpha1\nkind: Server\nmetadata:\n  name: ml\nspec:\n  serverConfig: mlserver\n  replicas: 1\n' > "$work/server.yaml"
 printf 'apiVersion: mlops.seldon.io/v1alpha1\nkind: Model\nmetadata:\n  name: iris\nspec:\n  storageUri: file://%s\n  requirements: [sklearn]\n' "$work/model/iris" > "$work/model.yaml"
 "$bin" apply -f "$work/server.yaml" --data-dir "$work/cs" >/dev/null
-# wait for the replica's MLServer to be up (a python child of the agent listening); its
-# repository folder is the newest /tmp/coscale-mlserver-ml-0-* created after this point
+# wait for the replica's MLServer to be up: the agent's child process whose working
+# directory is its repository folder (the agent starts MLServer there)
 server_ready() { "$bin" get servers ml -o json --data-dir "$work/cs" | grep -q '"ready_replicas": *1'; }
 wait_until "server replica ml-0" 300 server_ready
-new_repo() { find /tmp -maxdepth 1 -name 'coscale-mlserver-ml-0-*' -newer "$work/server.yaml" | grep -q .; }
-wait_until "the agent's MLServer folder" 300 new_repo
-agent_repo=$(find /tmp -maxdepth 1 -name 'coscale-mlserver-ml-0-*' -newer "$work/server.yaml" | head -1)
+agent_repo_of() { local a c; a=$(pgrep -P "${pids[1]}" -f ' agent ' | head -1) || return 1; for c in $(pgrep -P "$a" -f 'mlserver start'); do readlink "/proc/$c/cwd"; return 0; done; return 1; }
+wait_until "the agent's MLServer process" 300 agent_repo_of
+agent_repo=$(agent_repo_of)
 wait_until "$agent_repo/settings.json" 300 test -s "$agent_repo/settings.json"
 agent_http=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["http_port"])' "$agent_repo/settings.json")
 wait_http "http://127.0.0.1:$agent_http/v2/health/ready"
@@ -111,18 +112,42 @@ LUA
 curl -sSf -H 'Content-Type: application/json' -d '{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}' "$router/v2/models/iris/infer" >/dev/null \
   || { echo "inference through the router failed; logs in $work/cs/logs" >&2; keep=1; exit 1; }
 
+# CPU accounting: utime+stime ticks of a process and all its descendants (threads included).
+tree() { echo "$1"; for c in $(pgrep -P "$1" || true); do tree "$c"; done; }
+ticks() { local t=0 p f; for p in $(tree "$1"); do read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue; t=$((t + f[11] + f[12])); done; echo "$t"; }
+hz=$(getconf CLK_TCK)
+up_pid="${pids[1]}"
+agent_pid=$(pgrep -P "$up_pid" -f ' agent ' | head -1)
+agent_ml_pid=$(pgrep -P "$agent_pid" -f 'mlserver start' | head -1)
+[ -n "$agent_ml_pid" ] || { echo "no MLServer process under the agent $agent_pid" >&2; keep=1; exit 1; }
+# per request, in µs: the whole setup, and for coscale its parts
+cpu_us() { awk -v d="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.0f", (n > 0 ? d * 1e6 / hz / n : 0) }'; }
+
 bench() { # label url
+  local b_direct b_up b_agent b_ml a_direct a_up a_agent a_ml n cpu parts
+  b_direct=$(ticks "${pids[0]}"); b_up=$(ticks "$up_pid"); b_agent=$(ticks "$agent_pid"); b_ml=$(ticks "$agent_ml_pid")
   run_wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$work/post.lua" "$2" > "$work/wrk.out"
+  a_direct=$(ticks "${pids[0]}"); a_up=$(ticks "$up_pid"); a_agent=$(ticks "$agent_pid"); a_ml=$(ticks "$agent_ml_pid")
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
+  n=$(awk '/requests in/ {print $1}' "$work/wrk.out")
   p50=$(awk '$1=="50%" {print $2}' "$work/wrk.out"); p99=$(awk '$1=="99%" {print $2}' "$work/wrk.out")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' "$work/wrk.out" | tr '\n' ' ')
-  printf '| %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "${errs:-0}"
+  # `coscale up` ticks include its children (agent, agent's MLServer): subtract them
+  local up_only=$(( (a_up - b_up) - (a_agent - b_agent) ))
+  local agent_only=$(( (a_agent - b_agent) - (a_ml - b_ml) ))
+  if [ "$1" = direct ]; then
+    cpu=$(cpu_us $((a_direct - b_direct)) "$n"); parts="MLServer $cpu"
+  else
+    cpu=$(cpu_us $((a_up - b_up)) "$n")
+    parts="router+control $(cpu_us "$up_only" "$n"), agent $(cpu_us "$agent_only" "$n"), MLServer $(cpu_us $((a_ml - b_ml)) "$n")"
+  fi
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "$cpu" "$parts" "${errs:-0}"
   echo "$rps" >> "$work/rps.$1"
 }
 echo
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s, pinned=$PIN, iris LogisticRegression, 1 row per request"
-echo "| path | req/s | p50 | p99 | errors |"
-echo "|---|---|---|---|---|"
+echo "| path | req/s | p50 | p99 | CPU/req (µs) | CPU/req by process (µs) | errors |"
+echo "|---|---|---|---|---|---|---|"
 for _ in $(seq 1 "$ROUNDS"); do
   bench direct "$direct/v2/models/iris/infer"
   bench coscale "$router/v2/models/iris/infer"

@@ -200,6 +200,28 @@ async fn infer_inner(dp: DataPlane, model: String, headers: HeaderMap, body: Byt
             );
         }
     };
+    let name = header(&headers, SELDON_MODEL).unwrap_or(&model);
+    if ihcl.is_none() && dp.backend.proxies_json() && !mentions_binary_extension(&body) {
+        let answer = dp.backend.infer_json(&internal, body).await;
+        return match answer.and_then(|answer| renamed(&answer, name)) {
+            Ok(json) => {
+                inflight.finish("200", true);
+                (
+                    StatusCode::OK,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    json,
+                )
+                    .into_response()
+            }
+            Err(e) => {
+                inflight.finish(e.http_status().as_str(), false);
+                runtime_error(&e)
+            }
+        };
+    }
     let request = match InferRequest::from_json(&body, ihcl) {
         Ok(r) => r,
         Err(e) => {
@@ -209,7 +231,7 @@ async fn infer_inner(dp: DataPlane, model: String, headers: HeaderMap, body: Byt
     };
     match dp.backend.infer(&internal, &request).await {
         Ok(mut response) => {
-            response.model_name = header(&headers, SELDON_MODEL).unwrap_or(&model).to_owned();
+            response.model_name = name.to_owned();
             let encoded = response.to_http(|name| request.binary_output(name));
             inflight.finish("200", true);
             let mut resp = (StatusCode::OK, encoded.bytes).into_response();
@@ -238,6 +260,44 @@ async fn infer_inner(dp: DataPlane, model: String, headers: HeaderMap, body: Byt
             runtime_error(&e)
         }
     }
+}
+
+/// Whether a JSON request mentions the binary tensor extension (`binary_data`,
+/// `binary_data_output`, `binary_data_size`): such a request is decoded by the agent, which
+/// implements the extension for runtimes that do not.
+fn mentions_binary_extension(body: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"binary_data";
+    body.iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'b')
+        .any(|(i, _)| body[i..].starts_with(NEEDLE))
+}
+
+/// A runtime's JSON infer answer with `model_name` set to the name the client asked for (the
+/// runtime knows the model by its internal `<model>_<version>` name). Only the top level
+/// is parsed; tensors pass through as they are.
+fn renamed(answer: &[u8], name: &str) -> Result<Bytes, RuntimeError> {
+    let raw: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(answer).map_err(|e| {
+            RuntimeError::Internal(format!(
+                "the runtime sent an answer coscale cannot read: {e}"
+            ))
+        })?;
+    let mut out = Vec::with_capacity(answer.len() + name.len());
+    out.push(b'{');
+    out.extend_from_slice(b"\"model_name\":");
+    serde_json::to_writer(&mut out, name).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    for (key, value) in &raw {
+        if key == "model_name" {
+            continue;
+        }
+        out.push(b',');
+        serde_json::to_writer(&mut out, key).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Ok(Bytes::from(out))
 }
 
 async fn infer(
@@ -408,5 +468,51 @@ impl GrpcInferenceService for DataPlane {
         Err(Status::unimplemented(
             "models on a coscale server replica are unloaded by the control plane: use `coscale delete`",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_proxied_answer_gets_the_client_facing_model_name_and_keeps_the_rest() {
+        let answer = br#"{"model_name":"iris_1","model_version":null,"id":"a-1",
+            "parameters":{"content_type":"np"},
+            "outputs":[{"name":"predict","shape":[1,1],"datatype":"INT64","data":[2]}]}"#;
+        let out = renamed(answer, "iris").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let want = serde_json::json!({"model_name": "iris", "model_version": null, "id": "a-1",
+            "parameters": {"content_type": "np"},
+            "outputs": [{"name": "predict", "shape": [1, 1], "datatype": "INT64", "data": [2]}]});
+        assert_eq!(v, want);
+        // A name that needs escaping stays valid JSON; an answer without a name gets one.
+        let out = renamed(br#"{"outputs":[]}"#, "a\"b").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model_name"], "a\"b");
+    }
+
+    #[test]
+    fn an_unreadable_proxied_answer_is_an_internal_error() {
+        for bad in [&b"not json"[..], b"[1,2]", b"{\"a\":"] {
+            let e = renamed(bad, "iris").unwrap_err();
+            assert!(matches!(e, RuntimeError::Internal(_)), "{e}");
+            assert!(e.to_string().contains("cannot read"), "{e}");
+        }
+    }
+
+    #[test]
+    fn requests_using_the_binary_extension_are_recognised() {
+        assert!(mentions_binary_extension(
+            br#"{"inputs":[],"outputs":[{"name":"o","parameters":{"binary_data":true}}]}"#
+        ));
+        assert!(mentions_binary_extension(
+            br#"{"parameters":{"binary_data_output":true},"inputs":[]}"#
+        ));
+        assert!(!mentions_binary_extension(
+            br#"{"inputs":[{"name":"input-0","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#
+        ));
+        assert!(!mentions_binary_extension(b"binary_dat"));
     }
 }

@@ -70,6 +70,9 @@ pub struct AgentConfig {
     /// Model repository folder MLServer serves (required with `mlserver_url`: a folder
     /// both containers share; otherwise a private temporary folder when None).
     pub models_dir: Option<std::path::PathBuf>,
+    /// Most inferences the built-in runtime runs at a time on this replica (None: one per
+    /// core); the others queue inside the agent and count as inference lag.
+    pub inference_parallelism: Option<usize>,
 }
 
 impl AgentConfig {
@@ -96,6 +99,7 @@ impl AgentConfig {
             mlserver_command: None,
             mlserver_url: None,
             models_dir: None,
+            inference_parallelism: None,
         }
     }
 }

@@ -344,6 +344,11 @@ pub struct AgentArgs {
     /// (shared with the sidecar; default: a private temporary folder).
     #[arg(long, env = "COSCALE_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
+    /// Most inferences the built-in runtime runs at a time (0 = one per core); the rest
+    /// queue in the agent, in arrival order, and count as inference lag. `coscale up`'s
+    /// replicas take it from the environment.
+    #[arg(long, env = "COSCALE_INFERENCE_PARALLELISM", default_value_t = 0)]
+    pub inference_parallelism: usize,
 }
 
 impl AgentArgs {
@@ -397,6 +402,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     cfg.mlserver_command = a.mlserver_command;
     cfg.mlserver_url = a.mlserver_url.filter(|u| !u.is_empty());
     cfg.models_dir = a.models_dir;
+    cfg.inference_parallelism = (a.inference_parallelism > 0).then_some(a.inference_parallelism);
     cfg.exit_after_disconnect =
         (a.exit_after_disconnect > 0).then(|| Duration::from_secs(a.exit_after_disconnect));
     // SIGINT (Ctrl-C, also sent to `coscale up`'s children) stops at once; SIGTERM

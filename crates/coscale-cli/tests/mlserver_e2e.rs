@@ -108,6 +108,33 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
     let r = rest.infer("iris", &req, &body).await.unwrap();
     assert_eq!(r.model_name, "iris");
     assert_eq!(predictions(&r), vec![0, 2], "over REST");
+    // A JSON request goes to MLServer as it is: one MLServer rejects comes back as a V2
+    // error with MLServer's reason, and the replica keeps serving.
+    let router = up.endpoints.router_http.trim_end_matches('/');
+    let router = if router.starts_with("http") {
+        router.to_owned()
+    } else {
+        format!("http://{router}")
+    };
+    let bad = reqwest::Client::new()
+        .post(format!("{router}/v2/models/iris/infer"))
+        .header("content-type", "application/json")
+        .body(r#"{"inputs": 5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let err: serde_json::Value = bad.json().await.unwrap();
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("MLServer rejected the request")),
+        "{err}"
+    );
+    assert_eq!(
+        predictions(&rest.infer("iris", &req, &body).await.unwrap()),
+        vec![0, 2]
+    );
     let g = grpc.infer("iris", &req, &body).await.unwrap();
     assert_eq!(predictions(&g), vec![0, 2], "over gRPC");
 
@@ -212,7 +239,10 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
     assert_ne!(restarted, victim);
 
     // Stopping the platform stops the MLServers too (the provisioner kills agents with
-    // SIGKILL; the agent's watchdog then stops its MLServer).
+    // SIGKILL; the agent's watchdog then stops its MLServer and removes the agent's
+    // private repository folder, MLServer's working directory).
+    let repo = std::fs::read_link(format!("/proc/{restarted}/cwd")).unwrap();
+    assert!(repo.join("settings.json").is_file(), "{}", repo.display());
     let mut up = up;
     up.stop();
     wait_for(
@@ -226,6 +256,12 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
                 .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
             gone.then_some(())
         },
+    )
+    .await;
+    wait_for(
+        "the agent's repository folder removed",
+        Duration::from_secs(30),
+        || async { (!repo.exists()).then_some(()) },
     )
     .await;
 }

@@ -31,6 +31,7 @@ const INLINE_BUDGET: Duration = Duration::from_millis(1);
 /// predicts it fits [`INLINE_BUDGET`], else through `block_in_place`.
 pub struct Builtin {
     engine: Arc<Engine>,
+    parallelism: usize,
     permits: tokio::sync::Semaphore,
     /// Requests waiting for a permit.
     queued: AtomicUsize,
@@ -97,10 +98,16 @@ impl Builtin {
     pub fn with_parallelism(parallelism: usize) -> Self {
         Self {
             engine: Arc::new(Engine::new()),
+            parallelism: parallelism.max(1),
             permits: tokio::sync::Semaphore::new(parallelism.max(1)),
             queued: AtomicUsize::new(0),
             costs: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Most inferences at a time.
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
     }
 
     /// Requests waiting for an inference slot now.

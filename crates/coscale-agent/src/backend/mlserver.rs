@@ -227,6 +227,14 @@ enum Repo {
 }
 
 impl Repo {
+    /// The folder when it is this agent's private temporary one.
+    fn temp_path(&self) -> Option<&Path> {
+        match self {
+            Repo::Temp(dir) => Some(dir.path()),
+            Repo::Given(_) => None,
+        }
+    }
+
     fn path(&self) -> &Path {
         match self {
             Self::Temp(t) => t.path(),
@@ -632,7 +640,9 @@ async fn supervise(shared: Arc<Shared>) {
         };
         match started {
             Ok((mut child, proc)) => {
-                let watchdog = proc.pid.and_then(spawn_watchdog);
+                let watchdog = proc
+                    .pid
+                    .and_then(|pid| spawn_watchdog(pid, shared.repo.temp_path()));
                 info!(pid = ?proc.pid, http = %proc.http, label = %shared.settings.label, "MLServer is up");
                 let up_since = Instant::now();
                 restore(&shared, &proc).await;
@@ -659,16 +669,19 @@ async fn supervise(shared: Arc<Shared>) {
 }
 
 /// Kills MLServer (`$2`) when the agent (`$1`) is gone, even if the agent was killed
-/// with SIGKILL and could not stop its child itself.
-const WATCHDOG: &str = r#"while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -TERM "$2" 2>/dev/null; sleep 5; kill -0 "$2" 2>/dev/null && kill -KILL "$2" 2>/dev/null; exit 0"#;
+/// with SIGKILL and could not stop its child itself, and then removes the agent's private
+/// repository folder (`$3`, empty for a given one), which the agent removes itself only
+/// when it exits normally. (When MLServer dies first, the agent drops this watchdog.)
+const WATCHDOG: &str = r#"while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -TERM "$2" 2>/dev/null; sleep 5; kill -0 "$2" 2>/dev/null && kill -KILL "$2" 2>/dev/null; if [ -n "$3" ] && ! kill -0 "$1" 2>/dev/null; then rm -rf -- "$3"; fi; exit 0"#;
 
-fn spawn_watchdog(mlserver_pid: u32) -> Option<Child> {
+fn spawn_watchdog(mlserver_pid: u32, temp_repo: Option<&Path>) -> Option<Child> {
     Command::new("sh")
         .arg("-c")
         .arg(WATCHDOG)
         .arg("coscale-agent-watchdog")
         .arg(std::process::id().to_string())
         .arg(mlserver_pid.to_string())
+        .arg(temp_repo.map(Path::as_os_str).unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1071,6 +1084,82 @@ impl Drop for HeldGuard<'_> {
     }
 }
 
+impl MlServer {
+    /// Posts a V2 REST JSON infer body to MLServer and returns its 200 answer's body:
+    /// waits for the model to be ready on a running server, waits out a restart when the
+    /// server dies under the request, reloads a held model MLServer does not know (once),
+    /// all within the request timeout.
+    async fn post_infer(&self, internal: &str, body: Bytes) -> Result<Bytes, RuntimeError> {
+        let shared = &*self.shared;
+        let deadline = Instant::now() + shared.settings.request_timeout;
+        let mut reloaded = false;
+        let mut last_err = None;
+        for _ in 0..4 {
+            // Wait until the model is ready on a running server (or is not held at all).
+            let proc = shared
+                .wait_for(deadline, |s| match s.held.get(internal) {
+                    None => Some(None),
+                    Some(h) if h.ready => s.proc.clone().map(Some),
+                    Some(_) => None,
+                })
+                .await?
+                .ok_or_else(|| RuntimeError::NotFound(internal.to_owned()))?;
+            let sent = shared
+                .http
+                .post(format!("{}/v2/models/{internal}/infer", proc.http))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .timeout(deadline.saturating_duration_since(Instant::now()))
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) if e.is_timeout() => {
+                    return Err(RuntimeError::Internal(format!(
+                        "MLServer did not answer within {:?}",
+                        shared.settings.request_timeout
+                    )))
+                }
+                Err(e) => {
+                    // The server died (or is dying) under this request: wait until the
+                    // supervisor has replaced it, then try again.
+                    last_err = Some(e.to_string());
+                    let gen = proc.generation;
+                    if !shared.live(&proc, Duration::from_secs(1)).await {
+                        shared
+                            .wait_for(deadline, |s| {
+                                (s.proc.as_ref().map(|p| p.generation) != Some(gen)).then_some(())
+                            })
+                            .await?;
+                    }
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| RuntimeError::Internal(format!("reading MLServer's answer: {e}")))?;
+            if status == 200 {
+                return Ok(bytes);
+            }
+            if status == 404 && !reloaded {
+                // Held here but unknown to MLServer: reload once and retry.
+                reloaded = true;
+                warn!(model = %internal, "MLServer does not know a held model; reloading it");
+                let _lock = shared.load_lock.lock().await;
+                shared.load_on(&proc, internal, 0).await?;
+                continue;
+            }
+            return Err(upstream_error(status, &bytes, internal));
+        }
+        Err(RuntimeError::Internal(format!(
+            "MLServer failed under the request: {}",
+            last_err.unwrap_or_default()
+        )))
+    }
+}
+
 #[async_trait::async_trait]
 impl Backend for MlServer {
     fn kind(&self) -> &'static str {
@@ -1166,78 +1255,20 @@ impl Backend for MlServer {
         internal: &str,
         request: &InferRequest,
     ) -> Result<InferResponse, RuntimeError> {
-        let shared = &*self.shared;
-        let deadline = Instant::now() + shared.settings.request_timeout;
-        let body = Bytes::from(request.to_json());
-        let mut reloaded = false;
-        let mut last_err = None;
-        for _ in 0..4 {
-            // Wait until the model is ready on a running server (or is not held at all).
-            let proc = shared
-                .wait_for(deadline, |s| match s.held.get(internal) {
-                    None => Some(None),
-                    Some(h) if h.ready => s.proc.clone().map(Some),
-                    Some(_) => None,
-                })
-                .await?
-                .ok_or_else(|| RuntimeError::NotFound(internal.to_owned()))?;
-            let sent = shared
-                .http
-                .post(format!("{}/v2/models/{internal}/infer", proc.http))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .timeout(deadline.saturating_duration_since(Instant::now()))
-                .send()
-                .await;
-            let resp = match sent {
-                Ok(r) => r,
-                Err(e) if e.is_timeout() => {
-                    return Err(RuntimeError::Internal(format!(
-                        "MLServer did not answer within {:?}",
-                        shared.settings.request_timeout
-                    )))
-                }
-                Err(e) => {
-                    // The server died (or is dying) under this request: wait until the
-                    // supervisor has replaced it, then try again.
-                    last_err = Some(e.to_string());
-                    let gen = proc.generation;
-                    if !shared.live(&proc, Duration::from_secs(1)).await {
-                        shared
-                            .wait_for(deadline, |s| {
-                                (s.proc.as_ref().map(|p| p.generation) != Some(gen)).then_some(())
-                            })
-                            .await?;
-                    }
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| RuntimeError::Internal(format!("reading MLServer's answer: {e}")))?;
-            if status == 200 {
-                return InferResponse::from_json(&bytes, None).map_err(|e| {
-                    RuntimeError::Internal(format!(
-                        "MLServer sent an answer coscale cannot read: {e}"
-                    ))
-                });
-            }
-            if status == 404 && !reloaded {
-                // Held here but unknown to MLServer: reload once and retry.
-                reloaded = true;
-                warn!(model = %internal, "MLServer does not know a held model; reloading it");
-                let _lock = shared.load_lock.lock().await;
-                shared.load_on(&proc, internal, 0).await?;
-                continue;
-            }
-            return Err(upstream_error(status, &bytes, internal));
-        }
-        Err(RuntimeError::Internal(format!(
-            "MLServer failed under the request: {}",
-            last_err.unwrap_or_default()
-        )))
+        let answer = self
+            .post_infer(internal, Bytes::from(request.to_json()))
+            .await?;
+        InferResponse::from_json(&answer, None).map_err(|e| {
+            RuntimeError::Internal(format!("MLServer sent an answer coscale cannot read: {e}"))
+        })
+    }
+
+    fn proxies_json(&self) -> bool {
+        true
+    }
+
+    async fn infer_json(&self, internal: &str, body: Bytes) -> Result<Bytes, RuntimeError> {
+        self.post_infer(internal, body).await
     }
 
     fn memory_of(&self, internal: &str) -> Option<u64> {

@@ -11,6 +11,8 @@ pub mod mlserver;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use coscale_api::pb::inference as pb;
 use coscale_api::v2::{InferRequest, InferResponse};
 use coscale_runtime::RuntimeError;
@@ -49,6 +51,19 @@ pub trait Backend: Send + Sync + 'static {
         internal: &str,
         request: &InferRequest,
     ) -> Result<InferResponse, RuntimeError>;
+    /// Whether the runtime serves V2 REST itself (MLServer), so that a JSON infer request
+    /// can go to [`Backend::infer_json`] unchanged, as Seldon's agent proxies it.
+    fn proxies_json(&self) -> bool {
+        false
+    }
+    /// Forwards a JSON infer request body unchanged and returns the runtime's JSON answer
+    /// (only called when [`Backend::proxies_json`]; others decode and call
+    /// [`Backend::infer`]).
+    async fn infer_json(&self, internal: &str, _body: Bytes) -> Result<Bytes, RuntimeError> {
+        Err(RuntimeError::Internal(format!(
+            "the runtime of {internal} does not take JSON requests as they are"
+        )))
+    }
     /// Bytes a loaded model was found to take (None = not known).
     fn memory_of(&self, _internal: &str) -> Option<u64> {
         None
@@ -96,11 +111,19 @@ impl Backend for Unavailable {
     }
 }
 
+/// The built-in runtime with the replica's inference parallelism (default: one per core).
+fn builtin(config: &AgentConfig) -> Builtin {
+    match config.inference_parallelism {
+        Some(n) => Builtin::with_parallelism(n),
+        None => Builtin::new(),
+    }
+}
+
 /// Picks the backend for the agent's runtime (`builtin`, `mlserver`, `triton`).
 /// Must be called inside a tokio runtime: the MLServer backend starts its server.
 pub fn for_config(config: &AgentConfig) -> Arc<dyn Backend> {
     match config.runtime.as_str() {
-        "builtin" => Arc::new(Builtin::new()),
+        "builtin" => Arc::new(builtin(config)),
         "mlserver" => match mlserver_settings(config).and_then(|s| {
             MlServer::start(s).map_err(|e| e.to_string())
         }) {
@@ -163,6 +186,19 @@ mod tests {
         let mut c = AgentConfig::new(String::new(), String::new(), "s".to_owned(), 0);
         c.runtime = runtime.to_owned();
         c
+    }
+
+    #[test]
+    fn the_builtin_runtime_runs_as_many_inferences_at_a_time_as_configured() {
+        let mut c = config("builtin");
+        assert_eq!(
+            builtin(&c).parallelism(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        c.inference_parallelism = Some(3);
+        assert_eq!(builtin(&c).parallelism(), 3);
+        c.inference_parallelism = Some(0);
+        assert_eq!(builtin(&c).parallelism(), 1, "at least one");
     }
 
     #[test]
