@@ -167,14 +167,19 @@ for model in $MODELS; do
         for t in $TARGETS; do
             # shellcheck disable=SC2086
             before="$(bench_cpu_ticks ${PIDS[$t]})"
+            # shellcheck disable=SC2086
+            agent_before="$(bench_cpu_ticks ${AGENT_PIDS[*]})"
             line="$(run_wrk "$t" "$model" "$c" "$DURATION")"
             # shellcheck disable=SC2086
             after="$(bench_cpu_ticks ${PIDS[$t]})"
+            # shellcheck disable=SC2086
+            agent_after="$(bench_cpu_ticks ${AGENT_PIDS[*]})"
             bench_log "$model c=$c $t: $line cpu_ticks=$((after - before))"
             # RESULT requests= duration_us= rps= p50_us= p99_us= mean_us= errors= non2xx=
-            awk -v m="$model" -v t="$t" -v c="$c" -v ticks="$((after - before))" '{
+            # (last column: the agent's own ticks, the part of coscale's that is not the router)
+            awk -v m="$model" -v t="$t" -v c="$c" -v ticks="$((after - before))" -v aticks="$((agent_after - agent_before))" '{
                 for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-                print m, t, c, v["requests"], v["rps"], v["p50_us"], v["p99_us"], v["errors"], v["non2xx"], ticks
+                print m, t, c, v["requests"], v["rps"], v["p50_us"], v["p99_us"], v["errors"], v["non2xx"], ticks, aticks
             }' OFS='\t' <<<"$line" >>"$RAW"
         done
     done
@@ -193,6 +198,7 @@ report() {
         k = $1 SUBSEP $3 SUBSEP $2
         rps[k] = $5; p50[k] = $6; p99[k] = $7; err[k] = $8 + $9
         cpu[k] = $4 > 0 ? $10 * 1e6 / hz / $4 : 0
+        acpu[k] = $4 > 0 ? $11 * 1e6 / hz / $4 : 0
         if (!seen[$1 SUBSEP $3]++) order[++n] = $1 SUBSEP $3
     }
     END {
@@ -209,6 +215,16 @@ report() {
                 printf "| %s | %s | %s | %.0f | %.0f %% | %.0f | %.0f | %s | %.1f | %s | %d |\n",
                     mc[1], mc[2], T[j], rps[k], 100 * rps[k] / rps[d], p50[k], p99[k], add, cpu[k], hop, err[k]
             }
+        }
+        print ""
+        print "Where the CPU per request of coscale goes (µs): the router (with the idle control plane, in coscale up) and the agent (with the built-in runtime), against the runtime alone:"
+        print ""
+        print "| model | conns | router + control | agent | runtime alone (direct) | agent − runtime alone |"
+        print "|---|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= n; i++) {
+            split(order[i], mc, SUBSEP); d = order[i] SUBSEP "direct"; c = order[i] SUBSEP "coscale"
+            if (!(c in rps) || !(d in rps)) continue
+            printf "| %s | %s | %.1f | %.1f | %.1f | %+.1f |\n", mc[1], mc[2], cpu[c] - acpu[c], acpu[c], cpu[d], acpu[c] - cpu[d]
         }
         print ""
         print "Targets (coscale vs nginx, same run):"

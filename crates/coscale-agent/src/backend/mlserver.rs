@@ -367,6 +367,80 @@ impl MlServer {
     pub fn generation(&self) -> u64 {
         self.shared.lock().generation
     }
+
+    /// Posts a V2 REST JSON infer body to MLServer and returns its 200 answer's body:
+    /// waits for the model to be ready on a running server, waits out a restart when the
+    /// server dies under the request, reloads a held model MLServer does not know (once),
+    /// all within the request timeout.
+    async fn post_infer(&self, internal: &str, body: Bytes) -> Result<Bytes, RuntimeError> {
+        let shared = &*self.shared;
+        let deadline = Instant::now() + shared.settings.request_timeout;
+        let mut reloaded = false;
+        let mut last_err = None;
+        for _ in 0..4 {
+            // Wait until the model is ready on a running server (or is not held at all).
+            let proc = shared
+                .wait_for(deadline, |s| match s.held.get(internal) {
+                    None => Some(None),
+                    Some(h) if h.ready => s.proc.clone().map(Some),
+                    Some(_) => None,
+                })
+                .await?
+                .ok_or_else(|| RuntimeError::NotFound(internal.to_owned()))?;
+            let sent = shared
+                .http
+                .post(format!("{}/v2/models/{internal}/infer", proc.http))
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .timeout(deadline.saturating_duration_since(Instant::now()))
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) if e.is_timeout() => {
+                    return Err(RuntimeError::Internal(format!(
+                        "MLServer did not answer within {:?}",
+                        shared.settings.request_timeout
+                    )))
+                }
+                Err(e) => {
+                    // The server died (or is dying) under this request: wait until the
+                    // supervisor has replaced it, then try again.
+                    last_err = Some(e.to_string());
+                    let gen = proc.generation;
+                    if !shared.live(&proc, Duration::from_secs(1)).await {
+                        shared
+                            .wait_for(deadline, |s| {
+                                (s.proc.as_ref().map(|p| p.generation) != Some(gen)).then_some(())
+                            })
+                            .await?;
+                    }
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| RuntimeError::Internal(format!("reading MLServer's answer: {e}")))?;
+            if status == 200 {
+                return Ok(bytes);
+            }
+            if status == 404 && !reloaded {
+                // Held here but unknown to MLServer: reload once and retry.
+                reloaded = true;
+                warn!(model = %internal, "MLServer does not know a held model; reloading it");
+                let _lock = shared.load_lock.lock().await;
+                shared.load_on(&proc, internal, 0).await?;
+                continue;
+            }
+            return Err(upstream_error(status, &bytes, internal));
+        }
+        Err(RuntimeError::Internal(format!(
+            "MLServer failed under the request: {}",
+            last_err.unwrap_or_default()
+        )))
+    }
 }
 
 impl Shared {
@@ -1081,82 +1155,6 @@ impl Drop for HeldGuard<'_> {
             self.shared.update(|s| s.held.remove(self.internal));
             let _ = std::fs::remove_dir_all(self.shared.model_dir(self.internal));
         }
-    }
-}
-
-impl MlServer {
-    /// Posts a V2 REST JSON infer body to MLServer and returns its 200 answer's body:
-    /// waits for the model to be ready on a running server, waits out a restart when the
-    /// server dies under the request, reloads a held model MLServer does not know (once),
-    /// all within the request timeout.
-    async fn post_infer(&self, internal: &str, body: Bytes) -> Result<Bytes, RuntimeError> {
-        let shared = &*self.shared;
-        let deadline = Instant::now() + shared.settings.request_timeout;
-        let mut reloaded = false;
-        let mut last_err = None;
-        for _ in 0..4 {
-            // Wait until the model is ready on a running server (or is not held at all).
-            let proc = shared
-                .wait_for(deadline, |s| match s.held.get(internal) {
-                    None => Some(None),
-                    Some(h) if h.ready => s.proc.clone().map(Some),
-                    Some(_) => None,
-                })
-                .await?
-                .ok_or_else(|| RuntimeError::NotFound(internal.to_owned()))?;
-            let sent = shared
-                .http
-                .post(format!("{}/v2/models/{internal}/infer", proc.http))
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .timeout(deadline.saturating_duration_since(Instant::now()))
-                .send()
-                .await;
-            let resp = match sent {
-                Ok(r) => r,
-                Err(e) if e.is_timeout() => {
-                    return Err(RuntimeError::Internal(format!(
-                        "MLServer did not answer within {:?}",
-                        shared.settings.request_timeout
-                    )))
-                }
-                Err(e) => {
-                    // The server died (or is dying) under this request: wait until the
-                    // supervisor has replaced it, then try again.
-                    last_err = Some(e.to_string());
-                    let gen = proc.generation;
-                    if !shared.live(&proc, Duration::from_secs(1)).await {
-                        shared
-                            .wait_for(deadline, |s| {
-                                (s.proc.as_ref().map(|p| p.generation) != Some(gen)).then_some(())
-                            })
-                            .await?;
-                    }
-                    continue;
-                }
-            };
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| RuntimeError::Internal(format!("reading MLServer's answer: {e}")))?;
-            if status == 200 {
-                return Ok(bytes);
-            }
-            if status == 404 && !reloaded {
-                // Held here but unknown to MLServer: reload once and retry.
-                reloaded = true;
-                warn!(model = %internal, "MLServer does not know a held model; reloading it");
-                let _lock = shared.load_lock.lock().await;
-                shared.load_on(&proc, internal, 0).await?;
-                continue;
-            }
-            return Err(upstream_error(status, &bytes, internal));
-        }
-        Err(RuntimeError::Internal(format!(
-            "MLServer failed under the request: {}",
-            last_err.unwrap_or_default()
-        )))
     }
 }
 
