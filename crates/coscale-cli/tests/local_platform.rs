@@ -142,6 +142,23 @@ async fn restarting_the_control_plane_brings_every_model_back_without_reapplying
         .unwrap();
     up.wait_available("iris", 2).await;
     let v_before = up.model("iris").await.unwrap().version;
+    // Stopped with SIGTERM, `coscale up` stops its replicas as Ctrl-C would: every agent
+    // stops by itself (SIGINT) rather than being killed.
+    up.stop();
+    let logs: Vec<_> = std::fs::read_dir(up.dir.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!logs.is_empty());
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.contains("agent stopped"),
+            "{} does not end with the agent stopping by itself:\n{}",
+            log.display(),
+            text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        );
+    }
     up.restart().await;
     up.wait_available("iris", 2).await;
     up.wait_available("iris-mlp", 1).await;

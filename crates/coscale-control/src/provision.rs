@@ -135,11 +135,45 @@ pub async fn run(
         .filter_map(|r| r.child)
         .collect();
     info!(replicas = children.len(), "stopping server replicas");
-    for mut child in children {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+    stop_children(children, STOP_GRACE).await;
+}
+
+/// How long agents asked to stop get before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Stops agents as Ctrl-C on `coscale up` does (the terminal sends SIGINT to the whole
+/// process group): SIGINT, on which an agent stops at once, stopping its inference server
+/// and removing its temporary files; SIGKILL for any still running after `grace`.
+async fn stop_children(mut children: Vec<Child>, grace: Duration) {
+    for child in &children {
+        interrupt(child);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    for child in &mut children {
+        if tokio::time::timeout_at(deadline, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
     }
 }
+
+#[cfg(unix)]
+fn interrupt(child: &Child) {
+    use rustix::process::{kill_process, Pid, Signal};
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = kill_process(pid, Signal::INT);
+    }
+}
+
+#[cfg(not(unix))]
+fn interrupt(_child: &Child) {}
 
 /// Local backend: reaps exited children (restarting crashed ones with backoff) and
 /// starts missing replicas.
