@@ -238,9 +238,10 @@ async fn an_sklearn_model_on_two_mlserver_replicas_serves_and_survives_a_killed_
     eprintln!("{served} requests, none failed; MLServer {victim} killed, {restarted} took over");
     assert_ne!(restarted, victim);
 
-    // Stopping the platform stops the MLServers too (the provisioner kills agents with
-    // SIGKILL; the agent's watchdog then stops its MLServer and removes the agent's
-    // private repository folder, MLServer's working directory).
+    // Stopping the platform stops the MLServers too, and nothing is left in the temporary
+    // folder: the provisioner interrupts the agents (SIGKILL 5 s later), an agent stops its
+    // MLServer and removes its private repository folder (MLServer's working directory);
+    // for an agent that was killed, its watchdog does both.
     let repo = std::fs::read_link(format!("/proc/{restarted}/cwd")).unwrap();
     assert!(repo.join("settings.json").is_file(), "{}", repo.display());
     let mut up = up;
