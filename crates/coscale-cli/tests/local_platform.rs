@@ -89,6 +89,56 @@ async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_ro
     assert!(agent.contains("seldon_loaded_model_gauge"), "{agent}");
 }
 
+/// `--router-threads` 1 (one thread handles a request end to end) and 2 (a runtime of its
+/// own with two workers): the router serves REST and gRPC, many requests at once, and its
+/// errors, as on the shared runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_on_its_own_runtime_serves_rest_and_grpc_under_concurrency() {
+    for threads in ["1", "2"] {
+        let up = Up::start(
+            &format!("router-threads-{threads}"),
+            &["--router-threads", threads],
+        )
+        .await;
+        up.apply_file(&examples().join("manifests/multi-model.yaml"))
+            .await
+            .unwrap();
+        up.wait_available("iris", 2).await;
+        up.wait_available("iris-mlp", 1).await;
+        let (req, body) = iris();
+        let mut calls = Vec::new();
+        for i in 0..64 {
+            let (req, body) = (req.clone(), body.clone());
+            let (http, grpc) = (
+                up.endpoints.router_http.clone(),
+                up.endpoints.router_grpc.clone(),
+            );
+            calls.push(tokio::spawn(async move {
+                let model = if i % 2 == 0 { "iris" } else { "iris-mlp" };
+                let r = if i % 4 < 2 {
+                    V2Client::rest(&http).await.infer(model, &req, &body).await
+                } else {
+                    V2Client::grpc(&grpc)
+                        .await
+                        .unwrap()
+                        .infer(model, &req, &body)
+                        .await
+                };
+                labels(&r.unwrap())
+            }));
+        }
+        for call in calls {
+            assert_eq!(call.await.unwrap(), vec![0, 2], "router threads {threads}");
+        }
+        let mut rest = V2Client::rest(&up.endpoints.router_http).await;
+        let err = rest.infer("nope", &req, &body).await.unwrap_err();
+        assert!(
+            err.to_string().contains("404"),
+            "router threads {threads}: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_process_under_traffic_fails_no_request_and_it_comes_back() {
     let up = Up::start("kill", &[]).await;
