@@ -13,6 +13,8 @@
 # inherit it from `coscale up`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+# shellcheck source=../lib.sh
+source "$root/bench/lib.sh"   # bench_free_port, bench_cpu_ticks
 DURATION="${DURATION:-10}"; CONNECTIONS="${CONNECTIONS:-8}"; ROUNDS="${ROUNDS:-2}"; PIN="${PIN:-1}"; NICE="${NICE:--10}"
 mlserver="${COSCALE_MLSERVER:-$root/.venv-mlserver/bin/mlserver}"
 [ -x "$mlserver" ] || { echo "MLServer not found at $mlserver; run .ci/install-mlserver.sh" >&2; exit 1; }
@@ -42,7 +44,6 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p
 trap cleanup EXIT
 pin_server() { if [ "$PIN" = 1 ]; then taskset -a -p -c 0 "$1" >/dev/null; fi; }
 run_wrk() { if [ "$PIN" = 1 ]; then nice -n "$NICE" taskset -c 1 wrk "$@"; else nice -n "$NICE" wrk "$@"; fi; }
-free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # wait_until WHAT SECONDS COMMAND...: polls COMMAND every 50 ms; fails naming WHAT.
 wait_until() {
   local what="$1" secs="$2"; shift 2
@@ -61,7 +62,7 @@ now() { date +%s.%N; }
 mkdir -p "$work/direct/iris"
 ln -s "$work/model/iris/model.joblib" "$work/direct/iris/model.joblib"
 echo '{"name":"iris","implementation":"mlserver_sklearn.SKLearnModel","parameters":{"uri":"./model.joblib"}}' > "$work/direct/iris/model-settings.json"
-hp=$(free_port); gp=$(free_port); mp=$(free_port)
+hp=$(bench_free_port); gp=$(bench_free_port); mp=$(bench_free_port)
 # the same settings the agent gives its MLServer (server_settings in backend/mlserver.rs):
 # "debug": false matters, MLServer's default (true) writes an access-log line per request
 echo "{\"debug\":false,\"host\":\"127.0.0.1\",\"http_port\":$hp,\"grpc_port\":$gp,\"metrics_port\":$mp,\"parallel_workers\":0,\"load_models_at_startup\":false}" > "$work/direct/settings.json"
@@ -114,7 +115,8 @@ curl -sSf -H 'Content-Type: application/json' -d '{"inputs":[{"name":"input-0","
 
 # CPU accounting: utime+stime ticks of a process and all its descendants (threads included).
 tree() { echo "$1"; for c in $(pgrep -P "$1" || true); do tree "$c"; done; }
-ticks() { local t=0 p f; for p in $(tree "$1"); do read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue; t=$((t + f[11] + f[12])); done; echo "$t"; }
+# shellcheck disable=SC2046
+ticks() { bench_cpu_ticks $(tree "$1"); }
 hz=$(getconf CLK_TCK)
 up_pid="${pids[1]}"
 agent_pid=$(pgrep -P "$up_pid" -f ' agent ' | head -1)
