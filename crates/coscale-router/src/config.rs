@@ -11,8 +11,11 @@ pub struct RouterConfig {
     pub grpc_max_message_bytes: usize,
     /// Time allowed to open a connection to a replica.
     pub connect_timeout: Duration,
-    /// Time allowed for a replica to start answering (REST: response headers; gRPC: the reply).
+    /// Time allowed for a replica to answer (REST: the whole answer, from sending the request on;
+    /// gRPC: the reply).
     pub request_timeout: Duration,
+    /// Largest REST answer body taken from a replica; a larger one is answered with 502.
+    pub answer_limit_bytes: usize,
     /// How long idle pooled connections to replicas are kept.
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per replica.
@@ -29,6 +32,7 @@ impl Default for RouterConfig {
             grpc_max_message_bytes: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            answer_limit_bytes: 256 * 1024 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
             threads: 0,

@@ -1,8 +1,7 @@
 //! [`RouteError`]: everything the router itself can answer with, and its one mapping to an HTTP
 //! status + V2 error body (`{"error": "..."}`, `Content-Type: application/json`) and to a gRPC status.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 
 /// Why the router could not get an answer from a replica.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,23 +76,6 @@ impl RouteError {
     }
 }
 
-/// Builds a V2 error response: `status` with `{"error": message}` as `application/json`.
-pub fn v2_error_response(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut response = (status, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-impl IntoResponse for RouteError {
-    fn into_response(self) -> Response {
-        v2_error_response(self.http_status(), &self.to_string())
-    }
-}
-
 impl From<RouteError> for tonic::Status {
     fn from(err: RouteError) -> Self {
         tonic::Status::new(err.grpc_code(), err.to_string())
@@ -119,15 +101,5 @@ mod tests {
         let status = tonic::Status::from(err);
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(status.message(), "model iris has no available replica");
-    }
-
-    #[test]
-    fn error_responses_carry_a_json_error_body_with_the_exact_content_type() {
-        let response = RouteError::BodyTooLarge { limit: 10 }.into_response();
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
-            HeaderValue::from_static("application/json")
-        );
     }
 }

@@ -2,19 +2,14 @@
 //!
 //! It owns the synchronous [`RouterState`] (behind a short-held mutex), follows the control
 //! plane's routing-table watch channel lazily (each pick checks for a newer table), and keeps
-//! the pooled HTTP client and one cached gRPC channel per replica.
+//! the idle REST connections to replicas and one cached gRPC channel per replica.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use coscale_api::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use coscale_api::routing::{Endpoint, RoutingTable};
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -22,8 +17,8 @@ use crate::config::RouterConfig;
 use crate::error::RouteError;
 use crate::metrics::Metrics;
 use crate::state::{Picked, RouterState};
+use crate::upstream::Pool;
 
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 pub(crate) type GrpcClient = GrpcInferenceServiceClient<Channel>;
 
 /// Shared router: configuration, routing state, metrics and upstream clients.
@@ -38,20 +33,14 @@ struct Inner {
     table: watch::Receiver<Arc<RoutingTable>>,
     state: Mutex<RouterState>,
     metrics: Metrics,
-    http: HttpClient,
+    pool: Pool,
     grpc: Mutex<HashMap<SocketAddr, GrpcClient>>,
 }
 
 impl RouterHandle {
     /// A router following the routing tables published on `table`.
     pub fn new(config: RouterConfig, table: watch::Receiver<Arc<RoutingTable>>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .build(connector);
+        let pool = Pool::new(config.pool_max_idle_per_host, config.pool_idle_timeout);
         let state = Mutex::new(RouterState::new(table.borrow().clone()));
         RouterHandle {
             inner: Arc::new(Inner {
@@ -59,7 +48,7 @@ impl RouterHandle {
                 table,
                 state,
                 metrics: Metrics::default(),
-                http,
+                pool,
                 grpc: Mutex::new(HashMap::new()),
             }),
         }
@@ -89,8 +78,9 @@ impl RouterHandle {
         &self.inner.metrics
     }
 
-    pub(crate) fn http_client(&self) -> &HttpClient {
-        &self.inner.http
+    /// Idle REST connections to replicas.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
     }
 
     /// The cached gRPC client for a replica's gRPC address (connected lazily, then reused).
@@ -126,7 +116,7 @@ impl RouterHandle {
 }
 
 /// Locks a mutex; a panic elsewhere while holding it leaves plain data that is still usable.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

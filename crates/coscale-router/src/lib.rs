@@ -1,6 +1,7 @@
 //! coscale-router: the single inference endpoint (data-plane ingress).
 //!
-//! Clients speak Open Inference Protocol V2 over REST ([`http_app`]) or gRPC ([`grpc_service`]);
+//! Clients speak Open Inference Protocol V2 over REST (an HTTP/1.1 server of the router's own,
+//! one task per client connection, see [`serve`]) or gRPC ([`grpc_service`]);
 //! the router finds the model by name (URL path / `model_name`, or the `seldon-model` header /
 //! metadata, which wins like in Seldon Core 2), picks a replica from the control plane's routing
 //! table with least outstanding requests first ([`RouterState`]), and forwards the request bytes
@@ -13,19 +14,20 @@
 mod config;
 mod error;
 mod grpc;
+mod h1;
 mod handle;
 mod metrics;
 mod name;
 mod rest;
 mod serve;
 mod state;
+mod upstream;
 
 pub use config::RouterConfig;
-pub use error::{v2_error_response, RouteError};
+pub use error::RouteError;
 pub use grpc::{grpc_service, GrpcRouter};
 pub use handle::RouterHandle;
 pub use name::{decode_model_segment, validate_model_name};
-pub use rest::http_app;
 pub use serve::{serve, serve_dedicated, ServeError};
 pub use state::{Picked, Replica, RouterState};
 

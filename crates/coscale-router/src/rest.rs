@@ -1,106 +1,396 @@
-//! The V2 REST front end: health, server metadata and `/metrics` answered locally; everything
-//! under `/v2/models/<name>/...` forwarded byte for byte to a replica over a pooled HTTP/1 client.
+//! The V2 REST front end, an HTTP/1.1 server of its own: health, server metadata and `/metrics`
+//! answered locally; any method on `/v2/models/<name>[/...]` forwarded byte for byte to a replica.
+//!
+//! One task per client connection does everything for that connection: it reads a request,
+//! picks a replica, writes the request on a connection to the replica that this task holds
+//! ([`Upstreams`]), reads the answer and writes it back. No other task is woken on the way, which
+//! is what makes the hop cheap (docs/benchmarks.md, "Data plane"). Keep-alive, pipelining,
+//! chunked request bodies, `Expect: 100-continue` and HTTP/1.0 clients are served; upgrades are
+//! not (the V2 protocol has none).
 
 use std::borrow::Cow;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::body::{Body, HttpBody};
-use axum::extract::{Request, State};
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::request::Parts;
-use axum::http::uri::{PathAndQuery, Scheme};
-use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
-use axum::{Json, Router};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Frame, Incoming};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
-use crate::error::{v2_error_response, RouteError};
+use crate::error::RouteError;
+use crate::h1::{self, BodyError, Framing, HeadError, RequestHead};
 use crate::handle::RouterHandle;
 use crate::metrics::REST;
 use crate::name::{decode_model_segment, validate_model_name};
 use crate::state::{Picked, Replica};
+use crate::upstream::{exchange, Answer, ExchangeError, Upstream, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const MODELS_PREFIX: &str = "/v2/models/";
-/// Largest non-JSON upstream error body that is read to wrap it as `{"error": ...}`.
+/// Largest non-JSON upstream error body wrapped as `{"error": ...}`; the rest is cut off.
 const MAX_WRAPPED_ERROR_BYTES: usize = 64 * 1024;
+/// A client connection with no request for this long is closed (nginx's keepalive_timeout).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Largest body read and thrown away to keep a connection open after an early answer (404,
+/// 503, ...); a longer one closes the connection instead.
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// Bodies up to this size are copied behind the head and written with it in one call.
+const COALESCE_LIMIT: usize = 64 * 1024;
+const JSON: &[u8] = b"content-type: application/json\r\n";
+const OPENMETRICS: &[u8] =
+    b"content-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n";
 
-/// The router's REST application.
-///
-/// `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2` (and `/v2/`), `GET /metrics`, and any
-/// method on `/v2/models/<name>[/...]`, forwarded to a replica of the model.
-pub fn http_app(handle: RouterHandle) -> Router {
-    Router::new()
-        .route(
-            "/v2/health/live",
-            get(|| async { Json(serde_json::json!({"live": true})) }),
-        )
-        .route(
-            "/v2/health/ready",
-            get(|| async { Json(serde_json::json!({"ready": true})) }),
-        )
-        .route("/v2", get(server_metadata))
-        .route("/v2/", get(server_metadata))
-        .route("/metrics", get(metrics))
-        .route("/v2/models/{name}", any(forward_model))
-        .route("/v2/models/{name}/{*rest}", any(forward_model))
-        .fallback(|| async { v2_error_response(StatusCode::NOT_FOUND, "Not Found") })
-        .method_not_allowed_fallback(|| async {
-            v2_error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-        })
-        .with_state(handle)
+/// Serves REST clients on `listener` until `stopped` turns true, then lets every connection
+/// finish the request it is handling and returns.
+pub(crate) async fn serve_rest(
+    listener: TcpListener,
+    handle: RouterHandle,
+    stopped: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let stop = stop_signal(stopped.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(handle.clone(), stream, stopped.clone()));
+                }
+                Err(err) => accept_failed(err).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }
 
-async fn server_metadata() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "name": "coscale",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
-    }))
+/// Resolves once `stopped` turns true (or its sender is gone, which also means: stop).
+pub(crate) async fn stop_signal(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-async fn metrics(State(handle): State<RouterHandle>) -> Response {
-    let mut response = handle.metrics_text().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
-    response
+/// Errors of one incoming connection are that connection's; running out of file descriptors
+/// (or memory) passes, so wait a moment instead of spinning on it.
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(%err, "accepting a REST connection failed; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn forward_model(State(handle): State<RouterHandle>, request: Request) -> Response {
-    let timer = handle.metrics().start(REST);
-    let (parts, body) = request.into_parts();
-    let (label, response) = match requested_model(&parts) {
-        Err(err) => ("", err.into_response()),
-        Ok(model) => {
-            let result = forward(&handle, &model, &parts, body).await;
-            // Only routing-table names become label values, so the label set stays bounded.
-            let known = !matches!(result, Err(RouteError::UnknownModel(_)));
-            let response = result.unwrap_or_else(IntoResponse::into_response);
-            timer.finish(if known { &model } else { "" }, response.status().as_u16());
-            return response;
+/// One client connection and the replica connections it holds.
+struct Client {
+    stream: TcpStream,
+    /// Bytes received and not yet used (the start of the next request, when pipelined).
+    buf: BytesMut,
+    /// Encoding buffer for answers.
+    out: Vec<u8>,
+    upstreams: Upstreams,
+}
+
+/// An answer for the client, before framing.
+struct Reply {
+    status: u16,
+    /// Header fields, encoded, without Content-Length and Connection.
+    fields: Vec<u8>,
+    body: Bytes,
+    /// The Content-Length to announce to a HEAD request (whose answer carries no body).
+    head_length: Option<u64>,
+}
+
+impl Reply {
+    fn json(status: u16, body: impl Into<Bytes>) -> Self {
+        let body = body.into();
+        Reply {
+            status,
+            fields: JSON.to_vec(),
+            head_length: Some(body.len() as u64),
+            body,
+        }
+    }
+
+    fn error(err: &RouteError) -> Self {
+        Self::v2_error(err.http_status().as_u16(), &err.to_string())
+    }
+
+    fn v2_error(status: u16, message: &str) -> Self {
+        Self::json(status, serde_json::json!({ "error": message }).to_string())
+    }
+}
+
+/// What the server does after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    KeepOpen,
+    Close,
+}
+
+async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch::Receiver<bool>) {
+    // Answers go out in one write each; Nagle's algorithm would only delay them.
+    let _ = stream.set_nodelay(true);
+    let mut client = Client {
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+        out: Vec::with_capacity(1024),
+        upstreams: Upstreams::default(),
+    };
+    loop {
+        let head = match next_head(&mut client, &mut stopped).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(err) => {
+                let status = match err {
+                    HeadError::TooLarge => 431,
+                    HeadError::Malformed(_) => 400,
+                };
+                let reply = Reply::v2_error(status, &err.to_string());
+                let _ = client.write(reply, false, 1, After::Close).await;
+                break;
+            }
+        };
+        let after = handle_request(&handle, &mut client, &head, &stopped).await;
+        if after == After::Close {
+            break;
+        }
+    }
+    handle.pool().put(client.upstreams.into_inner());
+}
+
+/// The next request head; `None` when the client closed, went idle too long, or the router is
+/// stopping while the connection is idle.
+async fn next_head(
+    client: &mut Client,
+    stopped: &mut watch::Receiver<bool>,
+) -> Result<Option<RequestHead>, HeadError> {
+    loop {
+        if let Some(head) = h1::parse_request(&mut client.buf)? {
+            return Ok(Some(head));
+        }
+        let idle = client.buf.is_empty();
+        if idle && *stopped.borrow() {
+            return Ok(None);
+        }
+        tokio::select! {
+            read = tokio::time::timeout(IDLE_TIMEOUT, client.stream.read_buf(&mut client.buf)) => {
+                match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    // Closed, failed or idle too long; a half-received head gets no answer.
+                    _ => return Ok(None),
+                }
+            }
+            () = stop_signal(stopped.clone()), if idle => return Ok(None),
+        }
+    }
+}
+
+/// Answers one request; says whether the connection stays open for the next.
+async fn handle_request(
+    handle: &RouterHandle,
+    client: &mut Client,
+    head: &RequestHead,
+    stopped: &watch::Receiver<bool>,
+) -> After {
+    let framing = match h1::request_framing(&head.fields) {
+        Ok(framing) => framing,
+        Err(message) => {
+            let reply = Reply::v2_error(400, &format!("bad request framing: {message}"));
+            let _ = client
+                .write(reply, head.is_head(), head.minor, After::Close)
+                .await;
+            return After::Close;
         }
     };
-    timer.finish(label, response.status().as_u16());
-    response
+    let (reply, after, picked) = match route(handle, head) {
+        Route::Local(reply) => {
+            let after = client.discard_body(head, framing).await;
+            (reply, after, None)
+        }
+        Route::Model => forward_model(handle, client, head, framing).await,
+    };
+    let keep = head.keep_alive() && after == After::KeepOpen && !*stopped.borrow();
+    let after = if keep { After::KeepOpen } else { After::Close };
+    let written = client.write(reply, head.is_head(), head.minor, after).await;
+    // The replica's in-flight slot is held until its answer is out.
+    drop(picked);
+    if written.is_err() {
+        return After::Close;
+    }
+    after
+}
+
+enum Route {
+    Local(Reply),
+    Model,
+}
+
+fn route(handle: &RouterHandle, head: &RequestHead) -> Route {
+    let path = head.path();
+    if !matches!(
+        path,
+        "/v2/health/live" | "/v2/health/ready" | "/v2" | "/v2/" | "/metrics"
+    ) {
+        return if is_model_path(path) {
+            Route::Model
+        } else {
+            Route::Local(Reply::v2_error(404, "Not Found"))
+        };
+    }
+    if !matches!(head.method(), "GET" | "HEAD") {
+        let mut reply = Reply::v2_error(405, "Method Not Allowed");
+        reply.fields.extend_from_slice(b"allow: GET, HEAD\r\n");
+        return Route::Local(reply);
+    }
+    Route::Local(match path {
+        "/v2/health/live" => Reply::json(200, r#"{"live":true}"#),
+        "/v2/health/ready" => Reply::json(200, r#"{"ready":true}"#),
+        "/metrics" => {
+            let body = Bytes::from(handle.metrics_text());
+            Reply {
+                status: 200,
+                fields: OPENMETRICS.to_vec(),
+                head_length: Some(body.len() as u64),
+                body,
+            }
+        }
+        _ => Reply::json(
+            200,
+            serde_json::json!({
+                "name": "coscale",
+                "version": env!("CARGO_PKG_VERSION"),
+                "extensions": [],
+            })
+            .to_string(),
+        ),
+    })
+}
+
+/// `/v2/models/<name>` or `/v2/models/<name>/<more>`, with a non-empty name and rest.
+fn is_model_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(MODELS_PREFIX) else {
+        return false;
+    };
+    match rest.split_once('/') {
+        None => !rest.is_empty(),
+        Some((name, more)) => !name.is_empty() && !more.is_empty(),
+    }
+}
+
+impl Client {
+    /// Writes `reply`, framed for the client: Content-Length, and Connection when it differs
+    /// from the version's default.
+    async fn write(
+        &mut self,
+        reply: Reply,
+        head_request: bool,
+        minor: u8,
+        after: After,
+    ) -> std::io::Result<()> {
+        let out = &mut self.out;
+        out.clear();
+        h1::put_status_line(out, reply.status);
+        out.extend_from_slice(&reply.fields);
+        if !head_request {
+            h1::put_content_length(out, reply.body.len() as u64);
+        } else if let Some(length) = reply.head_length {
+            h1::put_content_length(out, length);
+        }
+        match (after, minor) {
+            (After::Close, 1..) => out.extend_from_slice(b"connection: close\r\n"),
+            (After::KeepOpen, 0) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+            _ => {}
+        }
+        out.extend_from_slice(b"\r\n");
+        let body = if head_request {
+            &[][..]
+        } else {
+            &reply.body[..]
+        };
+        if body.len() <= COALESCE_LIMIT {
+            out.extend_from_slice(body);
+            self.stream.write_all(out).await
+        } else {
+            self.stream.write_all(out).await?;
+            self.stream.write_all(body).await
+        }
+    }
+
+    /// Reads the request body into memory, at most `limit` bytes.
+    async fn read_body(&mut self, framing: Framing, limit: usize) -> Result<Bytes, BodyError> {
+        h1::read_body(&mut self.stream, &mut self.buf, framing, limit).await
+    }
+
+    /// Reads and drops the body of a request answered without it, so that the next request on
+    /// the connection can be read; a long body, or one the client holds back until it hears
+    /// `100 Continue`, closes the connection instead.
+    async fn discard_body(&mut self, head: &RequestHead, framing: Framing) -> After {
+        if framing == Framing::Length(0) {
+            return After::KeepOpen;
+        }
+        if expects_continue(head) || matches!(framing, Framing::Length(n) if n > DRAIN_LIMIT as u64)
+        {
+            return After::Close;
+        }
+        match self.read_body(framing, DRAIN_LIMIT).await {
+            Ok(_) => After::KeepOpen,
+            Err(_) => After::Close,
+        }
+    }
+}
+
+fn expects_continue(head: &RequestHead) -> bool {
+    head.minor >= 1 && head.fields.has_token("expect", "100-continue")
+}
+
+/// Forwards a request for a model: pick, read the body, send, retry once if the replica gave
+/// no answer, and turn the outcome into the client's answer. Returns the slot of the replica
+/// that answered, to be released once the answer is written.
+async fn forward_model(
+    handle: &RouterHandle,
+    client: &mut Client,
+    head: &RequestHead,
+    framing: Framing,
+) -> (Reply, After, Option<Picked>) {
+    let timer = handle.metrics().start(REST);
+    let model = match requested_model(head) {
+        Ok(model) => model,
+        Err(err) => {
+            timer.finish("", err.http_status().as_u16());
+            let after = client.discard_body(head, framing).await;
+            return (Reply::error(&err), after, None);
+        }
+    };
+    let outcome = forward(handle, client, head, framing, &model).await;
+    // Only routing-table names become label values, so the label set stays bounded.
+    let known = !matches!(outcome, Err(Early::Error(RouteError::UnknownModel(_))));
+    let (reply, after, picked) = match outcome {
+        Ok((reply, picked)) => (reply, After::KeepOpen, Some(picked)),
+        Err(Early::Error(err)) => {
+            let after = client.discard_body(head, framing).await;
+            (Reply::error(&err), after, None)
+        }
+        Err(Early::Final(reply, after)) => (reply, after, None),
+    };
+    timer.finish(if known { &model } else { "" }, reply.status);
+    (reply, after, picked)
 }
 
 /// The model a REST request is for: the `seldon-model` header if present, else the path segment.
-fn requested_model(parts: &Parts) -> Result<Cow<'_, str>, RouteError> {
-    if let Some(value) = parts.headers.get(SELDON_MODEL) {
-        let name = value.to_str().map_err(|_| {
-            RouteError::InvalidModelName(String::from_utf8_lossy(value.as_bytes()).into_owned())
+fn requested_model(head: &RequestHead) -> Result<Cow<'_, str>, RouteError> {
+    if let Some(value) = head.fields.get(SELDON_MODEL) {
+        let name = std::str::from_utf8(value).map_err(|_| {
+            RouteError::InvalidModelName(String::from_utf8_lossy(value).into_owned())
         })?;
         validate_model_name(name)?;
         return Ok(Cow::Borrowed(name));
     }
-    let rest = parts
-        .uri
+    let rest = head
         .path()
         .strip_prefix(MODELS_PREFIX)
         .ok_or(RouteError::MissingModelName)?;
@@ -108,201 +398,278 @@ fn requested_model(parts: &Parts) -> Result<Cow<'_, str>, RouteError> {
     decode_model_segment(segment)
 }
 
+/// An answer given before or instead of the replica's.
+enum Early {
+    /// An error found before the body was read: the body still has to be drained.
+    Error(RouteError),
+    /// A final answer, and what to do with the connection.
+    Final(Reply, After),
+}
+
 async fn forward(
     handle: &RouterHandle,
+    client: &mut Client,
+    head: &RequestHead,
+    framing: Framing,
     model: &str,
-    parts: &Parts,
-    body: Body,
-) -> Result<Response, RouteError> {
-    let first = handle.pick(model, None)?;
+) -> Result<(Reply, Picked), Early> {
+    let first = handle.pick(model, None).map_err(Early::Error)?;
     let limit = handle.config().body_limit_bytes;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(RouteError::BodyTooLarge { limit });
-    }
-    let body = read_body(body, limit).await?;
-
-    let (first_err, first_endpoint) = match attempt(handle, parts, &body, &first).await {
-        Attempt::Answered(response) => return Ok(answer(response, first).await),
-        Attempt::TimedOut => return Err(timeout_error(handle, first.replica())),
-        Attempt::Failed(err) => (err, first.endpoint().clone()),
+    let too_large = || {
+        Early::Final(
+            Reply::error(&RouteError::BodyTooLarge { limit }),
+            After::Close,
+        )
     };
-    let failed = failure(first.replica(), &first_err);
+    if matches!(framing, Framing::Length(n) if n > limit as u64) {
+        return Err(too_large());
+    }
+    if let Some(expect) = head.fields.get("expect") {
+        if !expects_continue(head) {
+            let message = format!(
+                "unsupported expectation {:?}: only 100-continue is",
+                String::from_utf8_lossy(expect)
+            );
+            return Err(Early::Final(Reply::v2_error(417, &message), After::Close));
+        }
+        if framing != Framing::Length(0) {
+            client
+                .stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| {
+                    Early::Final(Reply::v2_error(400, "client went away"), After::Close)
+                })?;
+        }
+    }
+    let body = match client.read_body(framing, limit).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(_)) => return Err(too_large()),
+        Err(err) => {
+            let err = RouteError::BadBody(err.to_string());
+            return Err(Early::Final(Reply::error(&err), After::Close));
+        }
+    };
+
+    let head_request = head.is_head();
+    let failure = match attempt(handle, &mut client.upstreams, head, &body, &first).await {
+        Ok(answer) => return Ok((answer_reply(answer, head_request), first)),
+        Err(failure) => failure,
+    };
+    let retry = matches!(failure, Failure::NoAnswer(_));
+    let failed = failure.error(handle, first.replica());
+    if !retry {
+        return Err(Early::Final(Reply::error(&failed), After::KeepOpen));
+    }
+    let first_endpoint = first.endpoint().clone();
     drop(first);
     let Ok(second) = handle.pick(model, Some(&first_endpoint)) else {
-        return Err(failed);
+        return Err(Early::Final(Reply::error(&failed), After::KeepOpen));
     };
     handle.metrics().retried();
     tracing::debug!(error = %failed, retry_on = %second.replica().label(), "retrying on another replica");
-    match attempt(handle, parts, &body, &second).await {
-        Attempt::Answered(response) => Ok(answer(response, second).await),
-        Attempt::TimedOut => Err(timeout_error(handle, second.replica())),
-        Attempt::Failed(err) => Err(failure(second.replica(), &err)),
-    }
-}
-
-fn failure(replica: &Replica, err: &hyper_util::client::legacy::Error) -> RouteError {
-    let mut detail = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        detail.push_str(": ");
-        detail.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    RouteError::UpstreamFailed {
-        model: replica.model.clone(),
-        replica: replica.label(),
-        detail,
-    }
-}
-
-fn timeout_error(handle: &RouterHandle, replica: &Replica) -> RouteError {
-    RouteError::UpstreamTimeout {
-        model: replica.model.clone(),
-        replica: replica.label(),
-        timeout_ms: handle.config().request_timeout.as_millis(),
-    }
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, RouteError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(RouteError::BodyTooLarge { limit })
+    match attempt(handle, &mut client.upstreams, head, &body, &second).await {
+        Ok(answer) => Ok((answer_reply(answer, head_request), second)),
+        Err(failure) => {
+            let err = failure.error(handle, second.replica());
+            Err(Early::Final(Reply::error(&err), After::KeepOpen))
         }
-        Err(err) => Err(RouteError::BadBody(err.to_string())),
     }
 }
 
-enum Attempt {
-    Answered(hyper::Response<Incoming>),
+/// Why an attempt on one replica got no usable answer.
+enum Failure {
     TimedOut,
-    /// No response head arrived: connect error, reset or close before the answer.
-    Failed(hyper_util::client::legacy::Error),
+    /// Nothing came back: retried on another replica.
+    NoAnswer(String),
+    /// The answer broke off: not retried, the replica has the request.
+    Broken(String),
 }
 
-async fn attempt(handle: &RouterHandle, parts: &Parts, body: &Bytes, picked: &Picked) -> Attempt {
-    let request = upstream_request(parts, picked.replica(), body.clone());
-    let call = handle.http_client().request(request);
-    match tokio::time::timeout(handle.config().request_timeout, call).await {
-        Err(_) => Attempt::TimedOut,
-        Ok(Err(err)) => Attempt::Failed(err),
-        Ok(Ok(response)) => Attempt::Answered(response),
+impl Failure {
+    fn error(self, handle: &RouterHandle, replica: &Replica) -> RouteError {
+        let detail = match self {
+            Failure::TimedOut => {
+                return RouteError::UpstreamTimeout {
+                    model: replica.model.clone(),
+                    replica: replica.label(),
+                    timeout_ms: handle.config().request_timeout.as_millis(),
+                }
+            }
+            Failure::NoAnswer(detail) => detail,
+            Failure::Broken(detail) => format!("the answer broke off: {detail}"),
+        };
+        RouteError::UpstreamFailed {
+            model: replica.model.clone(),
+            replica: replica.label(),
+            detail,
+        }
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    header::TRAILER,
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
-fn upstream_request(parts: &Parts, replica: &Replica, body: Bytes) -> hyper::Request<Full<Bytes>> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = Uri::default().into_parts();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(replica.http_authority.clone());
-    uri.path_and_query = Some(path);
-    let mut request = hyper::Request::new(Full::new(body));
-    *request.method_mut() = parts.method.clone();
-    // The parts were valid in the incoming URI and the authority was validated when the
-    // routing table was loaded, so this cannot fail; fall back to the incoming URI regardless.
-    *request.uri_mut() = Uri::from_parts(uri).unwrap_or_else(|_| parts.uri.clone());
-    let headers = request.headers_mut();
-    *headers = parts.headers.clone();
-    strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(SELDON_MODEL, replica.model_header.clone());
-    headers.insert(SELDON_INTERNAL_MODEL, replica.internal_header.clone());
-    request
-}
-
-/// The replica's answer for the client. Keeps the in-flight slot until the body is sent.
-/// Non-JSON error answers (e.g. MLServer's plain-text 500) are re-emitted as `{"error": ...}`
-/// so V2 clients can read them (v2-protocol.md §2.10); the status passes through unchanged.
-async fn answer(response: hyper::Response<Incoming>, picked: Picked) -> Response {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let is_json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == b"application/json");
-    if parts.status.is_success() || is_json {
-        return Response::from_parts(
-            parts,
-            Body::new(Guarded {
-                body,
-                _picked: picked,
-            }),
-        );
-    }
-    let text = match Limited::new(body, MAX_WRAPPED_ERROR_BYTES).collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
-            .trim()
-            .to_owned(),
-        Err(err) => format!("could not read the replica's error body: {err}"),
+/// One request to one replica within the request timeout: on a held or pooled connection if
+/// there is one (again on a new connection if that one turns out to have been closed while
+/// idle), else on a new connection.
+async fn attempt(
+    handle: &RouterHandle,
+    upstreams: &mut Upstreams,
+    head: &RequestHead,
+    body: &Bytes,
+    picked: &Picked,
+) -> Result<Answer, Failure> {
+    let replica = picked.replica();
+    let addr = replica.endpoint.http;
+    let config = handle.config();
+    let request = upstream_request(head, replica, body);
+    let head_request = head.is_head();
+    let limit = config.answer_limit_bytes;
+    let run = async {
+        let held = upstreams.take(addr).or_else(|| handle.pool().take(addr));
+        if let Some(conn) = held {
+            match exchange_on(conn, &request, head_request, limit, upstreams).await {
+                Ok(answer) => return Ok(answer),
+                // A kept connection the replica closed meanwhile: not the replica's failure.
+                Err((Failure::NoAnswer(_), true)) => {}
+                Err((failure, _)) => return Err(failure),
+            }
+        }
+        let conn = Upstream::connect(addr, config.connect_timeout)
+            .await
+            .map_err(|e| Failure::NoAnswer(format!("connecting to {addr} failed: {e}")))?;
+        exchange_on(conn, &request, head_request, limit, upstreams)
+            .await
+            .map_err(|(failure, _)| failure)
     };
-    drop(picked);
+    match tokio::time::timeout(config.request_timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::TimedOut),
+    }
+}
+
+/// [`exchange`] on `conn`, keeping the connection if it can be used again. A failure comes
+/// with whether the connection had been used before.
+async fn exchange_on(
+    conn: Upstream,
+    request: &[u8],
+    head_request: bool,
+    limit: usize,
+    upstreams: &mut Upstreams,
+) -> Result<Answer, (Failure, bool)> {
+    let reused = conn.reused();
+    match exchange(conn, request, head_request, limit).await {
+        Ok((answer, back)) => {
+            if let Some(conn) = back {
+                upstreams.keep(conn);
+            }
+            Ok(answer)
+        }
+        Err(ExchangeError::NoAnswer(detail)) => Err((Failure::NoAnswer(detail), reused)),
+        Err(ExchangeError::Broken(detail)) => Err((Failure::Broken(detail), false)),
+    }
+}
+
+/// The request as the replica gets it: same method, target, fields and body, with the
+/// hop-by-hop fields replaced and `host`, `seldon-model` and `seldon-internal-model` set.
+fn upstream_request(head: &RequestHead, replica: &Replica, body: &[u8]) -> Vec<u8> {
+    let target = head.origin_target();
+    let mut out = Vec::with_capacity(
+        256 + head
+            .fields
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+            + body.len(),
+    );
+    out.extend_from_slice(head.method().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.fields.iter() {
+        let ours = name.eq_ignore_ascii_case(SELDON_MODEL.as_bytes())
+            || name.eq_ignore_ascii_case(SELDON_INTERNAL_MODEL.as_bytes())
+            || name.eq_ignore_ascii_case(b"expect");
+        if !ours && !h1::is_hop_by_hop(name, &head.fields) {
+            h1::put_field(&mut out, name, value);
+        }
+    }
+    out.extend_from_slice(replica.rest_fields.as_bytes());
+    h1::put_content_length(&mut out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// The replica's answer for the client. Non-JSON error answers (e.g. MLServer's plain-text
+/// 500) are re-emitted as `{"error": ...}` so V2 clients can read them (v2-protocol.md §2.10);
+/// the status passes through unchanged.
+fn answer_reply(answer: Answer, head_request: bool) -> Reply {
+    let Answer { head, body } = answer;
+    let is_json = head.fields.get("content-type") == Some(&b"application/json"[..]);
+    let wrap = !(200..300).contains(&head.status) && !is_json && !head_request;
+    let mut fields = Vec::with_capacity(256);
+    for (name, value) in head.fields.iter() {
+        let replaced = wrap
+            && (name.eq_ignore_ascii_case(b"content-type")
+                || name.eq_ignore_ascii_case(b"content-encoding"));
+        if !replaced && !h1::is_hop_by_hop(name, &head.fields) {
+            h1::put_field(&mut fields, name, value);
+        }
+    }
+    if !wrap {
+        let head_length = head
+            .fields
+            .get("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+        return Reply {
+            status: head.status,
+            fields,
+            body,
+            head_length,
+        };
+    }
+    let cut = &body[..body.len().min(MAX_WRAPPED_ERROR_BYTES)];
+    let text = String::from_utf8_lossy(cut).trim().to_owned();
     let text = if text.is_empty() {
-        parts
-            .status
-            .canonical_reason()
+        http::StatusCode::from_u16(head.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
             .unwrap_or("error")
             .to_owned()
     } else {
         text
     };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let body = serde_json::json!({ "error": text }).to_string();
-    Response::from_parts(parts, Body::from(body))
+    fields.extend_from_slice(JSON);
+    let body = Bytes::from(serde_json::json!({ "error": text }).to_string());
+    Reply {
+        status: head.status,
+        fields,
+        head_length: Some(body.len() as u64),
+        body,
+    }
 }
 
-/// A response body that holds the replica's in-flight slot until it is finished or dropped.
-struct Guarded<B> {
-    body: B,
-    _picked: Picked,
-}
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
 
-impl<B: HttpBody + Unpin> HttpBody for Guarded<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
+    #[test]
+    fn model_paths_need_a_name_and_a_non_empty_rest() {
+        for path in [
+            "/v2/models/m",
+            "/v2/models/m/infer",
+            "/v2/models/m/versions/1/infer",
+        ] {
+            assert!(is_model_path(path), "{path}");
+        }
+        for path in [
+            "/v2/models/",
+            "/v2/models",
+            "/v2/models//infer",
+            "/v2/models/m/",
+            "/v2/model/m",
+        ] {
+            assert!(!is_model_path(path), "{path}");
+        }
     }
 }

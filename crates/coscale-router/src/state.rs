@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use axum::http::uri::Authority;
-use axum::http::HeaderValue;
 use coscale_api::routing::{Endpoint, RoutingTable};
+use http::HeaderValue;
 use tonic::metadata::AsciiMetadataValue;
 
 use crate::error::RouteError;
+use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 /// One model on one server replica, with everything forwarding needs precomputed.
 #[derive(Debug)]
@@ -25,23 +25,27 @@ pub struct Replica {
     pub endpoint: Endpoint,
     /// `<model>_<version>`: the name the agent knows the loaded version by.
     pub internal_name: String,
-    pub(crate) model_header: HeaderValue,
-    pub(crate) internal_header: HeaderValue,
+    /// `host`, `seldon-model` and `seldon-internal-model` header lines of a forwarded REST request.
+    pub(crate) rest_fields: String,
     pub(crate) model_metadata: AsciiMetadataValue,
     pub(crate) internal_metadata: AsciiMetadataValue,
-    pub(crate) http_authority: Authority,
     counter: Arc<AtomicUsize>,
 }
 
 impl Replica {
     fn new(model: &str, endpoint: &Endpoint, counter: Arc<AtomicUsize>) -> Option<Self> {
         let internal_name = endpoint.internal_name(model);
+        // Names that cannot be header values are refused here, so forwarding cannot fail on them.
+        HeaderValue::from_str(model).ok()?;
+        HeaderValue::from_str(&internal_name).ok()?;
+        let rest_fields = format!(
+            "host: {}\r\n{SELDON_MODEL}: {model}\r\n{SELDON_INTERNAL_MODEL}: {internal_name}\r\n",
+            endpoint.http
+        );
         Some(Replica {
-            model_header: HeaderValue::from_str(model).ok()?,
-            internal_header: HeaderValue::from_str(&internal_name).ok()?,
+            rest_fields,
             model_metadata: AsciiMetadataValue::try_from(model).ok()?,
             internal_metadata: AsciiMetadataValue::try_from(internal_name.as_str()).ok()?,
-            http_authority: Authority::try_from(endpoint.http.to_string()).ok()?,
             model: model.to_owned(),
             endpoint: endpoint.clone(),
             internal_name,

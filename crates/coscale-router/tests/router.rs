@@ -257,6 +257,17 @@ fn table(models: Vec<(&str, Vec<Endpoint>)>) -> Arc<RoutingTable> {
     Arc::new(RoutingTable { models })
 }
 
+/// A router with default settings routing model `m` to one fresh fake agent.
+async fn one_agent_router(name: &'static str, mode: Mode) -> (Arc<FakeAgent>, TestRouter) {
+    let (agent, http, grpc) = start_agent(name, mode).await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
+    )
+    .await;
+    (agent, router)
+}
+
 struct TestRouter {
     http: SocketAddr,
     grpc: SocketAddr,
@@ -922,4 +933,342 @@ async fn grpc_server_calls_are_answered_locally_and_repository_calls_refused() {
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     assert!(status.message().contains("use the control plane API"));
     router.shutdown().await;
+}
+
+// ---- HTTP/1.1 on the wire: what reqwest does not exercise, written byte for byte. ----
+
+/// An answer as read off the wire.
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A client on one TCP connection that writes raw bytes and reads answers framed by
+/// Content-Length (which the router always sends).
+struct RawClient {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> Self {
+        RawClient {
+            stream: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more bytes; false at end of stream.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut chunk))
+            .await
+            .expect("the router answers in time")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next answer; `head_request`: it carries no body whatever its Content-Length says.
+    async fn answer(&mut self, head_request: bool) -> RawAnswer {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(len) = response.parse(&self.buf).unwrap() {
+                let status = response.code.unwrap();
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8(h.value.to_vec()).unwrap();
+                        (h.name.to_ascii_lowercase(), value)
+                    })
+                    .collect();
+                let length: usize = match headers.iter().find(|(n, _)| n == "content-length") {
+                    Some(_) if head_request || status == 100 => 0,
+                    Some((_, v)) => v.parse().unwrap(),
+                    None => 0,
+                };
+                while self.buf.len() < len + length {
+                    assert!(self.fill().await, "connection closed inside an answer");
+                }
+                let body = self.buf[len..len + length].to_vec();
+                self.buf.drain(..len + length);
+                return RawAnswer {
+                    status,
+                    headers,
+                    body,
+                };
+            }
+            assert!(self.fill().await, "connection closed before an answer");
+        }
+    }
+
+    /// Whether the router closed the connection (nothing more arrives).
+    async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}
+
+const INFER_BODY: &str = r#"{"inputs":[]}"#;
+
+fn infer_request(model: &str, extra: &str) -> String {
+    format!(
+        "POST /v2/models/{model}/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n{extra}\r\n{INFER_BODY}",
+        INFER_BODY.len()
+    )
+}
+
+#[tokio::test]
+async fn pipelined_requests_on_one_connection_are_answered_in_order_and_head_gets_no_body() {
+    let (agent, router) = one_agent_router("a", Mode::Ok).await;
+    let mut client = RawClient::connect(router.http).await;
+    let mut batch = infer_request("m", "");
+    batch.push_str("HEAD /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n");
+    batch.push_str("GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n");
+    batch.push_str(&infer_request("m", ""));
+    client.send(batch.as_bytes()).await;
+    let first = client.answer(false).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&first.body).unwrap();
+    assert_eq!(body["internal"], "m_1");
+    let head = client.answer(true).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("13"));
+    let ready = client.answer(false).await;
+    assert_eq!(ready.body, br#"{"ready":true}"#);
+    assert_eq!(client.answer(false).await.status, 200);
+    assert_eq!(agent.seen().len(), 2);
+    assert!(agent.seen().iter().all(|s| s.body_len == INFER_BODY.len()));
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_reaches_the_replica_whole() {
+    let (agent, router) = one_agent_router("a", Mode::Ok).await;
+    let mut client = RawClient::connect(router.http).await;
+    client
+        .send(
+            b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+              5;ext=1\r\n{\"inp\r\n8\r\nuts\":[]}\r\n0\r\ntrailer: t\r\n\r\n",
+        )
+        .await;
+    assert_eq!(client.answer(false).await.status, 200);
+    assert_eq!(agent.seen()[0].body_len, INFER_BODY.len());
+    // A chunked body over the limit: 413, and the connection is closed (the rest is unread).
+    let (other, http, grpc) = start_agent("b", Mode::Ok).await;
+    let router_small = TestRouter::start(
+        RouterConfig {
+            body_limit_bytes: 8,
+            ..RouterConfig::default()
+        },
+        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
+    )
+    .await;
+    let mut client = RawClient::connect(router_small.http).await;
+    client
+        .send(b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\n12345\r\n5\r\n67890\r\n0\r\n\r\n")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(client.closed().await);
+    assert!(other.seen().is_empty(), "nothing was forwarded");
+    router.shutdown().await;
+    router_small.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_100_before_the_body_is_sent() {
+    let (agent, router) = one_agent_router("a", Mode::Ok).await;
+    let mut client = RawClient::connect(router.http).await;
+    let request = infer_request("m", "expect: 100-continue\r\n");
+    let (head, body) = request.split_at(request.len() - INFER_BODY.len());
+    client.send(head.as_bytes()).await;
+    assert_eq!(client.answer(false).await.status, 100);
+    client.send(body.as_bytes()).await;
+    assert_eq!(client.answer(false).await.status, 200);
+    assert_eq!(agent.seen()[0].body_len, INFER_BODY.len());
+    // For an unknown model the final answer comes at once, without 100, and the connection
+    // closes because the client may or may not send the body now.
+    client
+        .send(
+            infer_request("nope", "expect: 100-continue\r\n")
+                .split_at(request.len() - INFER_BODY.len() + 3)
+                .0
+                .as_bytes(),
+        )
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status, 404);
+    assert!(client.closed().await);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_1_0_clients_get_the_connection_closed_unless_they_ask_for_keep_alive() {
+    let router = TestRouter::start(RouterConfig::default(), table(vec![])).await;
+    let mut client = RawClient::connect(router.http).await;
+    client
+        .send(b"GET /v2/health/live HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.header("connection"), Some("keep-alive"));
+    client.send(b"GET /v2/health/live HTTP/1.0\r\n\r\n").await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.body, br#"{"live":true}"#);
+    assert!(client.closed().await);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_heads_get_400_oversized_heads_431_and_smuggling_framing_400() {
+    let router = TestRouter::start(RouterConfig::default(), table(vec![])).await;
+    let cases: [(Vec<u8>, u16, &str); 4] = [
+        (b"GET /v2 HTTP/1.1\r\nbad header\r\n\r\n".to_vec(), 400, "malformed"),
+        (
+            format!("GET /v2 HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            431,
+            "larger than",
+        ),
+        (
+            b"POST /v2/models/m/infer HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(),
+            400,
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (
+            b"POST /v2/models/m/infer HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n".to_vec(),
+            400,
+            "Content-Length values differ",
+        ),
+    ];
+    for (bytes, status, message) in cases {
+        let mut client = RawClient::connect(router.http).await;
+        client.send(&bytes).await;
+        let answer = client.answer(false).await;
+        assert_eq!(answer.status, status, "{message}");
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains(message),
+            "{error:?} should contain {message:?}"
+        );
+        assert!(
+            client.closed().await,
+            "the connection closes after {status}"
+        );
+    }
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_early_error_drains_a_small_body_and_the_connection_serves_the_next_request() {
+    let (agent, router) = one_agent_router("a", Mode::Ok).await;
+    let mut client = RawClient::connect(router.http).await;
+    client.send(infer_request("nope", "").as_bytes()).await;
+    assert_eq!(client.answer(false).await.status, 404);
+    client.send(infer_request("m", "").as_bytes()).await;
+    assert_eq!(client.answer(false).await.status, 200);
+    assert_eq!(agent.seen().len(), 1);
+    router.shutdown().await;
+}
+
+/// A replica that answers one request per connection and then closes it without saying so
+/// (as a server restarting or timing out idle connections does).
+async fn one_answer_per_connection_replica() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                // Head and the 13-byte body.
+                while !buf
+                    .windows(INFER_BODY.len())
+                    .any(|w| w == INFER_BODY.as_bytes())
+                {
+                    match socket.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_replica_closed_is_replaced_without_an_error_or_a_retry_elsewhere() {
+    let (addr, connections) = one_answer_per_connection_replica().await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("m", vec![endpoint("s", 0, 1, addr, addr)])]),
+    )
+    .await;
+    let mut client = RawClient::connect(router.http).await;
+    for _ in 0..3 {
+        client.send(infer_request("m", "").as_bytes()).await;
+        let answer = client.answer(false).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, b"{}");
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(
+        metric_value(&router.metrics().await, "coscale_router_retries_total"),
+        Some(0.0)
+    );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn stopping_closes_idle_connections_and_lets_a_request_in_flight_finish() {
+    let (agent, mut router) = one_agent_router("a", Mode::Hold).await;
+    let mut idle = RawClient::connect(router.http).await;
+    idle.send(b"GET /v2/health/live HTTP/1.1\r\n\r\n").await;
+    assert_eq!(idle.answer(false).await.status, 200);
+    let mut busy = RawClient::connect(router.http).await;
+    busy.send(infer_request("m", "").as_bytes()).await;
+    let mut arrivals = agent.arrivals.subscribe();
+    tokio::time::timeout(DEADLINE, arrivals.wait_for(|n| *n == 1))
+        .await
+        .expect("the request reaches the replica")
+        .unwrap();
+    router.stop.take().unwrap().send(()).unwrap();
+    assert!(idle.closed().await, "an idle connection is closed on stop");
+    agent.gate.add_permits(1);
+    let answer = busy.answer(false).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(busy.closed().await);
+    tokio::time::timeout(DEADLINE, router.task.take().unwrap())
+        .await
+        .expect("the router stops once the request is answered")
+        .unwrap();
 }

@@ -1,0 +1,350 @@
+//! Connections from the router to replicas' REST listeners, and one request/answer exchange on
+//! such a connection.
+//!
+//! Each client connection keeps the replica connections it used ([`Upstreams`]): the next
+//! request to the same replica goes out on the same socket from the same task, with no pool lock
+//! and no hand-over to another task. When the client goes away its connections move to the
+//! shared idle [`Pool`], from which new client connections take them.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::h1::{self, Framing, ResponseHead};
+
+/// One open connection to a replica's REST listener.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    addr: SocketAddr,
+    stream: TcpStream,
+    buf: BytesMut,
+    /// Whether a request went out on it before (it may have been closed by the replica since).
+    reused: bool,
+    idle_since: Instant,
+}
+
+impl Upstream {
+    /// Opens a connection to `addr` within `timeout`.
+    pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect timed out after {} ms", timeout.as_millis()),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(Upstream {
+            addr,
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            reused: false,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Whether a request went out on this connection before.
+    pub(crate) fn reused(&self) -> bool {
+        self.reused
+    }
+}
+
+/// A replica's complete answer.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) head: ResponseHead,
+    pub(crate) body: Bytes,
+}
+
+/// How an exchange failed.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// No answer arrived: the request could not be sent, or the connection closed or failed
+    /// before the status line. Sending it again elsewhere is what the router does.
+    NoAnswer(String),
+    /// The answer started and then broke off or was malformed.
+    Broken(String),
+}
+
+/// Sends `request` (head and body, already encoded) on `conn` and reads the whole answer.
+/// Returns the connection too when it can carry another request.
+pub(crate) async fn exchange(
+    mut conn: Upstream,
+    request: &[u8],
+    head_request: bool,
+    answer_limit: usize,
+) -> Result<(Answer, Option<Upstream>), ExchangeError> {
+    conn.reused = true;
+    conn.stream
+        .write_all(request)
+        .await
+        .map_err(|e| ExchangeError::NoAnswer(format!("sending the request failed: {e}")))?;
+    let head = loop {
+        match h1::parse_response(&mut conn.buf) {
+            Err(err) => return Err(ExchangeError::Broken(err.to_string())),
+            // 1xx interim answers (100 Continue, 103 Early Hints) precede the real one.
+            Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {}
+            Ok(Some(head)) => break head,
+            Ok(None) => {
+                let started = !conn.buf.is_empty();
+                match conn.stream.read_buf(&mut conn.buf).await {
+                    Ok(0) if started => {
+                        return Err(ExchangeError::Broken(
+                            "connection closed in the middle of the answer's head".into(),
+                        ))
+                    }
+                    Ok(0) => {
+                        return Err(ExchangeError::NoAnswer(
+                            "connection closed before an answer".into(),
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(e) if started => return Err(ExchangeError::Broken(e.to_string())),
+                    Err(e) => return Err(ExchangeError::NoAnswer(e.to_string())),
+                }
+            }
+        }
+    };
+    if head.status == 101 {
+        return Err(ExchangeError::Broken(
+            "the replica switched protocols, which the router does not forward".into(),
+        ));
+    }
+    let framing = h1::response_framing(head.status, head_request, &head.fields)
+        .map_err(|e| ExchangeError::Broken(e.to_owned()))?;
+    let body = h1::read_body(&mut conn.stream, &mut conn.buf, framing, answer_limit)
+        .await
+        .map_err(|e| ExchangeError::Broken(format!("answer {e}")))?;
+    let reusable = framing != Framing::UntilClose && head.keep_alive() && conn.buf.is_empty();
+    Ok((Answer { head, body }, reusable.then_some(conn)))
+}
+
+/// Idle connections to replicas, shared by all client connections.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+    max_per_replica: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub(crate) fn new(max_per_replica: usize, idle_timeout: Duration) -> Self {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            max_per_replica,
+            idle_timeout,
+        }
+    }
+
+    /// The most recently idled connection to `addr` that has not been idle too long.
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<Upstream> {
+        let mut idle = crate::handle::lock(&self.idle);
+        let conns = idle.get_mut(&addr)?;
+        let fresh = |c: &Upstream| c.idle_since.elapsed() < self.idle_timeout;
+        conns.retain(fresh);
+        conns.pop()
+    }
+
+    /// Keeps `conns` for later, dropping (closing) those over the per-replica limit and any
+    /// that have been idle too long.
+    pub(crate) fn put(&self, conns: impl IntoIterator<Item = Upstream>) {
+        let mut idle = crate::handle::lock(&self.idle);
+        let now = Instant::now();
+        for mut conn in conns {
+            conn.idle_since = now;
+            let list = idle.entry(conn.addr).or_default();
+            if list.len() < self.max_per_replica {
+                list.push(conn);
+            }
+        }
+        idle.retain(|_, list| {
+            list.retain(|c| now.duration_since(c.idle_since) < self.idle_timeout);
+            !list.is_empty()
+        });
+    }
+}
+
+/// The replica connections one client connection holds between its requests.
+#[derive(Debug, Default)]
+pub(crate) struct Upstreams {
+    conns: Vec<Upstream>,
+}
+
+impl Upstreams {
+    /// A held connection to `addr`, if any.
+    pub(crate) fn take(&mut self, addr: SocketAddr) -> Option<Upstream> {
+        let i = self.conns.iter().position(|c| c.addr == addr)?;
+        Some(self.conns.swap_remove(i))
+    }
+
+    pub(crate) fn keep(&mut self, conn: Upstream) {
+        self.conns.push(conn);
+    }
+
+    /// Every held connection, for the shared pool.
+    pub(crate) fn into_inner(self) -> Vec<Upstream> {
+        self.conns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A replica that reads one request and writes `answer` raw bytes, then keeps or closes.
+    async fn replica(answer: &'static [u8], close: bool) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            if socket.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        buf.clear();
+                        socket.write_all(answer).await.unwrap();
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    const GET: &[u8] = b"GET /x HTTP/1.1\r\nhost: r\r\ncontent-length: 0\r\n\r\n";
+
+    async fn connect(addr: SocketAddr) -> Upstream {
+        Upstream::connect(addr, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    /// One GET exchange with a fresh replica answering `answer` (then closing if `close`).
+    async fn ask(
+        answer: &'static [u8],
+        close: bool,
+        head_request: bool,
+        limit: usize,
+    ) -> Result<(Answer, Option<Upstream>), ExchangeError> {
+        let addr = replica(answer, close).await;
+        exchange(connect(addr).await, GET, head_request, limit).await
+    }
+
+    #[tokio::test]
+    async fn a_content_length_answer_after_100_continue_is_read_and_the_connection_kept() {
+        let (answer, conn) = ask(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+            false,
+            100,
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.head.status, 200);
+        assert_eq!(&answer.body[..], b"ok");
+        let conn = conn.expect("reusable");
+        assert!(conn.reused());
+        let (again, _) = exchange(conn, GET, false, 100).await.unwrap();
+        assert_eq!(&again.body[..], b"ok");
+    }
+
+    #[tokio::test]
+    async fn chunked_and_until_close_answers_are_read_whole() {
+        let (answer, conn) = ask(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n", false, false, 100).await.unwrap();
+        assert_eq!(&answer.body[..], b"ok!!!");
+        assert!(conn.is_some());
+        let (answer, conn) = ask(
+            b"HTTP/1.1 500 Internal Server Error\r\n\r\nboom",
+            true,
+            false,
+            100,
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.head.status, 500);
+        assert_eq!(&answer.body[..], b"boom");
+        assert!(
+            conn.is_none(),
+            "a body read until close ends the connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_no_answer_and_a_cut_body_is_broken() {
+        let err = ask(b"", true, false, 100).await.unwrap_err();
+        assert!(matches!(err, ExchangeError::NoAnswer(_)), "{err:?}");
+        let err = ask(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            true,
+            false,
+            100,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ExchangeError::Broken(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_limit_are_broken() {
+        let err = ask(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789",
+            false,
+            false,
+            9,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, ExchangeError::Broken(ref m) if m.contains("limit of 9 bytes")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_head_request_answer_has_no_body_even_with_a_content_length() {
+        let (answer, conn) = ask(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            false,
+            true,
+            100,
+        )
+        .await
+        .unwrap();
+        assert!(answer.body.is_empty());
+        assert!(conn.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_limit_per_replica_and_forgets_stale_connections() {
+        let addr = replica(b"", false).await;
+        let pool = Pool::new(2, Duration::from_secs(60));
+        let conns = vec![
+            connect(addr).await,
+            connect(addr).await,
+            connect(addr).await,
+        ];
+        pool.put(conns);
+        assert!(pool.take(addr).is_some());
+        assert!(pool.take(addr).is_some());
+        assert!(pool.take(addr).is_none());
+        let stale = Pool::new(2, Duration::ZERO);
+        stale.put(vec![connect(addr).await]);
+        assert!(stale.take(addr).is_none());
+    }
+}
