@@ -104,6 +104,9 @@ pub fn main() -> ExitCode {
         Command::Up(_) | Command::Agent(_) | Command::Runtime(_) | Command::Operator(_)
     );
     init_logging(server);
+    if server {
+        raise_open_files_limit();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,6 +122,23 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Servers hold two sockets per proxied client connection (the router) or one per client, and
+/// the usual soft limit of 1,024 open files would refuse connections long before the machine
+/// runs out of anything: raise the soft limit to the hard one, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let from = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(?from, to = ?limit.maximum, "raised the open files limit"),
+            Err(err) => tracing::warn!(%err, "could not raise the open files limit"),
         }
     }
 }

@@ -215,13 +215,25 @@ async fn one_to_one_converges(up: &Up, down: bool) {
     .await;
 }
 
-/// Seconds from a 1× → 4× load step to the HPA's scale-up decision.
-async fn reaction_seconds(sync_seconds: &str) -> f64 {
+/// The value of the first metric a decision saw (`infer_rps=7500m` → 7.5).
+fn decision_value(decision: &coscale_control::hpa_controller::DecisionLog) -> f64 {
+    let note = decision.metrics.first().expect("one metric");
+    let (_, value) = note.split_once('=').expect("a value, not an error");
+    let value: coscale_core::quantity::Quantity = value.parse().expect("a quantity");
+    value.milli_value() as f64 / 1000.0
+}
+
+/// A 1× → 4× load step on built-in metrics is acted on at the first HPA sync whose metric is
+/// past the tolerance (target 3 rps, tolerance 10 %): no sync that saw it is skipped, and 1×
+/// never scales. How many seconds that took is printed, not asserted (docs/benchmarks.md, "HPA
+/// reaction time", measures it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4x_load_step_is_scaled_up_at_the_first_sync_that_sees_it_with_builtin_metrics() {
     let up = Up::start(
         "hpa-react",
         &[
             "--hpa-sync-period-seconds",
-            sync_seconds,
+            "1",
             "--metrics-window-seconds",
             "10",
         ],
@@ -231,41 +243,58 @@ async fn reaction_seconds(sync_seconds: &str) -> f64 {
     up.apply_file(&fixtures().join("irisa0-model-hpa.yaml"))
         .await
         .unwrap();
-    // 1×: 2.5 rps, under the 3 rps target; let the window fill and the HPA settle
+    // 1×: 2.5 rps, under the 3 rps target. Wait for a full window, then three more syncs.
     let load = Load::start(&up, "irisa0", 2.5).await;
-    wait_for("a full window at 1×", Duration::from_secs(60), || async {
+    let full = wait_for("a full window at 1x", Duration::from_secs(60), || async {
         let h = hpa(&up, "irisa0-model-hpa").await?;
         let v = custom_metric(&up, "builtin").await?;
-        let settled = h.decisions.len() >= 2 && (v - 2.5).abs() < 0.3;
-        settled.then_some(())
+        let last = h.decisions.last()?.unix_millis;
+        (h.decisions.len() >= 2 && (v - 2.5).abs() < 0.3).then_some(last)
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(10)).await; // steady 1× for a whole window
-    assert_eq!(model_replicas(&up).await, 1, "1× load must not scale");
+    let at_1x = wait_for("three syncs at 1x", Duration::from_secs(60), || async {
+        let h = hpa(&up, "irisa0-model-hpa").await?;
+        let after: Vec<_> = h
+            .decisions
+            .into_iter()
+            .filter(|d| d.unix_millis > full)
+            .collect();
+        (after.len() >= 3).then_some(after)
+    })
+    .await;
+    assert!(
+        at_1x.iter().all(|d| !d.scaled && d.desired_replicas == 1),
+        "1x load must not scale: {at_1x:?}"
+    );
+    assert_eq!(model_replicas(&up).await, 1);
+
     let step = coscale_control::service::now_millis();
     load.set_rate(10.0);
-    let decided = wait_for("the scale-up decision", Duration::from_secs(60), || async {
-        hpa(&up, "irisa0-model-hpa")
-            .await?
-            .last_scale_unix_millis
-            .filter(|t| *t >= step)
+    let after_step = wait_for("the scale-up decision", Duration::from_secs(60), || async {
+        let h = hpa(&up, "irisa0-model-hpa").await?;
+        let after: Vec<_> = h
+            .decisions
+            .into_iter()
+            .filter(|d| d.unix_millis >= step)
+            .collect();
+        after.iter().any(|d| d.scaled).then_some(after)
     })
     .await;
     let (_, failures) = load.stop().await;
     assert!(failures.is_empty(), "{failures:?}");
-    (decided - step) as f64 / 1000.0
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reaction_to_a_4x_load_step_with_builtin_metrics_is_under_20_s_and_under_5_s_with_1_s_sync()
-{
-    let default_sync = reaction_seconds("15").await;
-    let fast_sync = reaction_seconds("1").await;
-    println!(
-        "HPA reaction to a 1x -> 4x step (built-in, 10 s window): sync 15 s: {default_sync:.1} s, sync 1 s: {fast_sync:.1} s"
+    let scaled = after_step.iter().position(|d| d.scaled).unwrap();
+    let values: Vec<f64> = after_step.iter().map(decision_value).collect();
+    assert!(
+        values[..scaled].iter().all(|v| *v <= 3.3),
+        "a sync that saw the step did not scale: {after_step:?}"
     );
-    assert!(default_sync < 20.0, "{default_sync}");
-    assert!(fast_sync < 5.0, "{fast_sync}");
+    assert!(values[scaled] > 3.3, "{after_step:?}");
+    assert!(after_step[scaled].desired_replicas >= 2, "{after_step:?}");
+    println!(
+        "HPA reaction to a 1x -> 4x step (built-in, 10 s window, 1 s sync): {:.1} s, at sync {} after the step",
+        (after_step[scaled].unix_millis - step) as f64 / 1000.0,
+        scaled + 1
+    );
 }
 
 // ----- Prometheus ------------------------------------------------------------------

@@ -23,7 +23,7 @@ use crate::handle::RouterHandle;
 use crate::metrics::REST;
 use crate::name::{decode_model_segment, validate_model_name};
 use crate::state::{Picked, Replica};
-use crate::upstream::{exchange, Answer, ExchangeError, Upstream, Upstreams};
+use crate::upstream::{exchange, Answer, ExchangeError, Pool, Upstream, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const MODELS_PREFIX: &str = "/v2/models/";
@@ -424,7 +424,8 @@ async fn forward(
     if matches!(framing, Framing::Length(n) if n > limit as u64) {
         return Err(too_large());
     }
-    if let Some(expect) = head.fields.get("expect") {
+    // HTTP/1.0 has no expectations; a server ignores the field there (RFC 9110 §10.1.1).
+    if let Some(expect) = head.fields.get("expect").filter(|_| head.minor >= 1) {
         if !expects_continue(head) {
             let message = format!(
                 "unsupported expectation {:?}: only 100-continue is",
@@ -526,7 +527,16 @@ async fn attempt(
     let run = async {
         let held = upstreams.take(addr).or_else(|| handle.pool().take(addr));
         if let Some(conn) = held {
-            match exchange_on(conn, &request, head_request, limit, upstreams).await {
+            match exchange_on(
+                conn,
+                &request,
+                head_request,
+                limit,
+                upstreams,
+                handle.pool(),
+            )
+            .await
+            {
                 Ok(answer) => return Ok(answer),
                 // A kept connection the replica closed meanwhile: not the replica's failure.
                 Err((Failure::NoAnswer(_), true)) => {}
@@ -536,9 +546,16 @@ async fn attempt(
         let conn = Upstream::connect(addr, config.connect_timeout)
             .await
             .map_err(|e| Failure::NoAnswer(format!("connecting to {addr} failed: {e}")))?;
-        exchange_on(conn, &request, head_request, limit, upstreams)
-            .await
-            .map_err(|(failure, _)| failure)
+        exchange_on(
+            conn,
+            &request,
+            head_request,
+            limit,
+            upstreams,
+            handle.pool(),
+        )
+        .await
+        .map_err(|(failure, _)| failure)
     };
     match tokio::time::timeout(config.request_timeout, run).await {
         Ok(result) => result,
@@ -554,12 +571,13 @@ async fn exchange_on(
     head_request: bool,
     limit: usize,
     upstreams: &mut Upstreams,
+    pool: &Pool,
 ) -> Result<Answer, (Failure, bool)> {
     let reused = conn.reused();
     match exchange(conn, request, head_request, limit).await {
         Ok((answer, back)) => {
-            if let Some(conn) = back {
-                upstreams.keep(conn);
+            if let Some(oldest) = back.and_then(|conn| upstreams.keep(conn)) {
+                pool.put([oldest]);
             }
             Ok(answer)
         }

@@ -171,6 +171,10 @@ impl Pool {
     }
 }
 
+/// Most replica connections one client connection holds; the oldest beyond go to the pool (so
+/// that replicas that went away do not pile up on a long-lived client connection).
+const MAX_HELD: usize = 8;
+
 /// The replica connections one client connection holds between its requests.
 #[derive(Debug, Default)]
 pub(crate) struct Upstreams {
@@ -184,8 +188,10 @@ impl Upstreams {
         Some(self.conns.swap_remove(i))
     }
 
-    pub(crate) fn keep(&mut self, conn: Upstream) {
+    /// Holds `conn`; returns the oldest held connection if there are now too many.
+    pub(crate) fn keep(&mut self, conn: Upstream) -> Option<Upstream> {
         self.conns.push(conn);
+        (self.conns.len() > MAX_HELD).then(|| self.conns.remove(0))
     }
 
     /// Every held connection, for the shared pool.
@@ -328,6 +334,21 @@ mod tests {
         .unwrap();
         assert!(answer.body.is_empty());
         assert!(conn.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_client_connection_holds_at_most_eight_replica_connections() {
+        let addr = replica(b"", false).await;
+        let mut held = Upstreams::default();
+        let first = connect(addr).await;
+        let first_port = first.stream.local_addr().unwrap().port();
+        assert!(held.keep(first).is_none());
+        for _ in 1..MAX_HELD {
+            assert!(held.keep(connect(addr).await).is_none());
+        }
+        let evicted = held.keep(connect(addr).await).expect("the oldest goes");
+        assert_eq!(evicted.stream.local_addr().unwrap().port(), first_port);
+        assert_eq!(held.into_inner().len(), MAX_HELD);
     }
 
     #[tokio::test]

@@ -1120,6 +1120,20 @@ async fn expect_100_continue_gets_100_before_the_body_is_sent() {
     let answer = client.answer(false).await;
     assert_eq!(answer.status, 404);
     assert!(client.closed().await);
+    // Any other expectation: 417, and the connection closes.
+    let mut client = RawClient::connect(router.http).await;
+    client
+        .send(infer_request("m", "expect: something-else\r\n").as_bytes())
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status, 417);
+    assert!(client.closed().await);
+    // HTTP/1.0 has no expectations: no 100, the request is served as it is.
+    let mut client = RawClient::connect(router.http).await;
+    let request = infer_request("m", "expect: 100-continue\r\n").replace("HTTP/1.1", "HTTP/1.0");
+    client.send(request.as_bytes()).await;
+    assert_eq!(client.answer(false).await.status, 200);
+    assert_eq!(agent.seen().len(), 2);
     router.shutdown().await;
 }
 
