@@ -521,22 +521,15 @@ async fn attempt(
     let replica = picked.replica();
     let addr = replica.endpoint.http;
     let config = handle.config();
-    let request = upstream_request(head, replica, body);
-    let head_request = head.is_head();
-    let limit = config.answer_limit_bytes;
+    let outgoing = Outgoing {
+        request: upstream_request(head, replica, body),
+        head_request: head.is_head(),
+        limit: config.answer_limit_bytes,
+        pool: handle.pool(),
+    };
     let run = async {
-        let held = upstreams.take(addr).or_else(|| handle.pool().take(addr));
-        if let Some(conn) = held {
-            match exchange_on(
-                conn,
-                &request,
-                head_request,
-                limit,
-                upstreams,
-                handle.pool(),
-            )
-            .await
-            {
+        if let Some(conn) = upstreams.take(addr).or_else(|| handle.pool().take(addr)) {
+            match outgoing.on(conn, upstreams).await {
                 Ok(answer) => return Ok(answer),
                 // A kept connection the replica closed meanwhile: not the replica's failure.
                 Err((Failure::NoAnswer(_), true)) => {}
@@ -546,16 +539,10 @@ async fn attempt(
         let conn = Upstream::connect(addr, config.connect_timeout)
             .await
             .map_err(|e| Failure::NoAnswer(format!("connecting to {addr} failed: {e}")))?;
-        exchange_on(
-            conn,
-            &request,
-            head_request,
-            limit,
-            upstreams,
-            handle.pool(),
-        )
-        .await
-        .map_err(|(failure, _)| failure)
+        outgoing
+            .on(conn, upstreams)
+            .await
+            .map_err(|(failure, _)| failure)
     };
     match tokio::time::timeout(config.request_timeout, run).await {
         Ok(result) => result,
@@ -563,26 +550,35 @@ async fn attempt(
     }
 }
 
-/// [`exchange`] on `conn`, keeping the connection if it can be used again. A failure comes
-/// with whether the connection had been used before.
-async fn exchange_on(
-    conn: Upstream,
-    request: &[u8],
+/// One request encoded for a replica, and what sending it needs.
+struct Outgoing<'a> {
+    request: Vec<u8>,
     head_request: bool,
+    /// Largest answer body taken.
     limit: usize,
-    upstreams: &mut Upstreams,
-    pool: &Pool,
-) -> Result<Answer, (Failure, bool)> {
-    let reused = conn.reused();
-    match exchange(conn, request, head_request, limit).await {
-        Ok((answer, back)) => {
-            if let Some(oldest) = back.and_then(|conn| upstreams.keep(conn)) {
-                pool.put([oldest]);
+    /// Where held connections beyond the per-client limit go.
+    pool: &'a Pool,
+}
+
+impl Outgoing<'_> {
+    /// [`exchange`] on `conn`, holding the connection if it can be used again. A failure comes
+    /// with whether the connection had been used before.
+    async fn on(
+        &self,
+        conn: Upstream,
+        upstreams: &mut Upstreams,
+    ) -> Result<Answer, (Failure, bool)> {
+        let reused = conn.reused();
+        match exchange(conn, &self.request, self.head_request, self.limit).await {
+            Ok((answer, back)) => {
+                if let Some(oldest) = back.and_then(|conn| upstreams.keep(conn)) {
+                    self.pool.put([oldest]);
+                }
+                Ok(answer)
             }
-            Ok(answer)
+            Err(ExchangeError::NoAnswer(detail)) => Err((Failure::NoAnswer(detail), reused)),
+            Err(ExchangeError::Broken(detail)) => Err((Failure::Broken(detail), false)),
         }
-        Err(ExchangeError::NoAnswer(detail)) => Err((Failure::NoAnswer(detail), reused)),
-        Err(ExchangeError::Broken(detail)) => Err((Failure::Broken(detail), false)),
     }
 }
 
