@@ -2,7 +2,8 @@
 //!
 //! Each model is optimised once with a symbolic size for every dimension the ONNX file leaves
 //! open (normally the batch dimension), so one plan serves any batch size. Loading is blocking
-//! (call it from `spawn_blocking`); `infer` is CPU-bound and thread-safe.
+//! (call it from `spawn_blocking`); `infer` is CPU-bound and thread-safe, and
+//! `infer_on_worker` is how async code runs it (see [`crate::cost`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use crate::cost::{input_elements, Cost, INLINE_BUDGET};
 use crate::error::RuntimeError;
 
 /// The only version a runtime model has.
@@ -93,6 +95,8 @@ struct LoadedModel {
     /// tract element type of each input, in `metadata.inputs` order.
     input_types: Vec<DatumType>,
     plan: Arc<TypedRunnableModel>,
+    /// What its inferences have cost so far (fresh for every load).
+    cost: Cost,
 }
 
 enum Slot {
@@ -224,32 +228,33 @@ impl Engine {
 
     /// Runs `request` on model `name`. Inputs must match the model's inputs by name, datatype
     /// and shape (BadInput otherwise); requested outputs are returned in the requested order,
-    /// all outputs when none are requested. CPU-bound: call from `spawn_blocking` in async code.
+    /// all outputs when none are requested. CPU-bound: async code calls [`Engine::infer_on_worker`].
     pub fn infer(&self, name: &str, request: &InferRequest) -> Result<InferResponse, RuntimeError> {
+        self.get(name)?.infer(name, request)
+    }
+
+    /// [`Engine::infer`] from async code on a tokio worker: inline when the model's measured
+    /// cost predicts the inference fits [`INLINE_BUDGET`], else with the worker handed over
+    /// (`block_in_place`; inline on a current-thread runtime, which has no other worker).
+    pub fn infer_on_worker(
+        &self,
+        name: &str,
+        request: &InferRequest,
+    ) -> Result<InferResponse, RuntimeError> {
         let model = self.get(name)?;
-        let inputs = model.prepare_inputs(request)?;
-        let selected = model.select_outputs(request)?;
-        let results = model
-            .plan
-            .run(inputs)
-            .map_err(|e| RuntimeError::Internal(format!("model '{name}': {e:#}")))?;
-        let mut outputs = Vec::with_capacity(selected.len());
-        for ix in selected {
-            let meta = &model.metadata.outputs[ix];
-            let value = results.get(ix).ok_or_else(|| {
-                RuntimeError::Internal(format!("model '{name}' produced no output {ix}"))
-            })?;
-            outputs.push(to_v2(&meta.name, value).map_err(|e| {
-                RuntimeError::Internal(format!("model '{name}' output '{}': {e:#}", meta.name))
-            })?);
+        let elements = input_elements(request);
+        let started = std::time::Instant::now();
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let result = if !multi_thread || model.cost.fits(elements, INLINE_BUDGET) {
+            model.infer(name, request)
+        } else {
+            tokio::task::block_in_place(|| model.infer(name, request))
+        };
+        if result.is_ok() {
+            model.cost.record(elements, started.elapsed());
         }
-        Ok(InferResponse {
-            model_name: name.to_string(),
-            model_version: Some(MODEL_VERSION.to_string()),
-            id: request.id.clone(),
-            parameters: Default::default(),
-            outputs,
-        })
+        result
     }
 
     fn get(&self, name: &str) -> Result<Arc<LoadedModel>, RuntimeError> {
@@ -270,6 +275,32 @@ impl Engine {
 }
 
 impl LoadedModel {
+    fn infer(&self, name: &str, request: &InferRequest) -> Result<InferResponse, RuntimeError> {
+        let inputs = self.prepare_inputs(request)?;
+        let selected = self.select_outputs(request)?;
+        let results = self
+            .plan
+            .run(inputs)
+            .map_err(|e| RuntimeError::Internal(format!("model '{name}': {e:#}")))?;
+        let mut outputs = Vec::with_capacity(selected.len());
+        for ix in selected {
+            let meta = &self.metadata.outputs[ix];
+            let value = results.get(ix).ok_or_else(|| {
+                RuntimeError::Internal(format!("model '{name}' produced no output {ix}"))
+            })?;
+            outputs.push(to_v2(&meta.name, value).map_err(|e| {
+                RuntimeError::Internal(format!("model '{name}' output '{}': {e:#}", meta.name))
+            })?);
+        }
+        Ok(InferResponse {
+            model_name: name.to_string(),
+            model_version: Some(MODEL_VERSION.to_string()),
+            id: request.id.clone(),
+            parameters: Default::default(),
+            outputs,
+        })
+    }
+
     /// Validates the request's inputs against the metadata and orders them as the model wants.
     fn prepare_inputs(&self, request: &InferRequest) -> Result<TVec<TValue>, RuntimeError> {
         let meta = &self.metadata;
@@ -468,6 +499,7 @@ fn compile(name: &str, file: &Path) -> TractResult<LoadedModel> {
         },
         input_types,
         plan,
+        cost: Cost::new(),
     })
 }
 

@@ -110,15 +110,11 @@ impl GrpcInferenceService for RuntimeGrpc {
         let req = req.into_inner();
         self.engine
             .check_version(&req.model_name, version(&req.model_version))?;
-        let engine = self.engine.clone();
-        let response = blocking(move || {
-            let raw = !req.raw_input_contents.is_empty();
-            let name = req.model_name.clone();
-            let request = InferRequest::from_proto(req)?;
-            Ok(engine.infer(&name, &request)?.to_proto(raw))
-        })
-        .await?;
-        Ok(Response::new(response))
+        let raw = !req.raw_input_contents.is_empty();
+        let name = req.model_name.clone();
+        let request = InferRequest::from_proto(req).map_err(RuntimeError::from)?;
+        let response = self.engine.infer_on_worker(&name, &request)?;
+        Ok(Response::new(response.to_proto(raw)))
     }
 
     async fn repository_index(

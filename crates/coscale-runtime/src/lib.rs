@@ -1,7 +1,9 @@
 //! coscale-runtime: the built-in Open Inference Protocol (V2) server for ONNX models (tract).
 //!
-//! - [`Engine`]: loaded models by name; `load` / `unload` / `metadata` / `infer`. The agent
-//!   embeds it directly; the servers below are thin shells over it.
+//! - [`Engine`]: loaded models by name; `load` / `unload` / `metadata` / `infer`, and
+//!   `infer_on_worker`, which runs short inferences inline on the async worker and hands the
+//!   worker over for long ones. The agent embeds it directly; the servers below are thin shells
+//!   over it, and both run inferences the same way.
 //! - [`rest_router`]: the V2 REST API (health, metadata, infer with the binary tensor
 //!   extension, repository index/load/unload) as an axum `Router`.
 //! - [`grpc_service`]: the V2 gRPC `GRPCInferenceService` (raw in → raw out).
@@ -9,12 +11,14 @@
 //!
 //! Depends on `coscale-api` for the wire types; knows nothing of the control plane or router.
 
+mod cost;
 mod engine;
 mod error;
 mod grpc;
 mod repository;
 mod rest;
 
+pub use cost::INLINE_BUDGET;
 pub use engine::{
     validate_model_name, Engine, IndexEntry, ModelMetadata, ModelState, TensorMetadata,
     MODEL_VERSION,

@@ -117,7 +117,7 @@ async fn read_body(
     })
 }
 
-/// Runs blocking work (model loading, parsing and inference) off the async threads.
+/// Runs blocking work (model loading) off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
 ) -> Result<T, RuntimeError> {
@@ -180,13 +180,9 @@ async fn infer(
         ),
     };
     let bytes = read_body(&headers, body, s.body_limit).await?;
-    let engine = s.engine.clone();
-    let out: HttpBody = blocking(move || {
-        let request = InferRequest::from_json(&bytes, header_len)?;
-        let response = engine.infer(&name, &request)?;
-        Ok(response.to_http(|output| request.binary_output(output)))
-    })
-    .await?;
+    let request = InferRequest::from_json(&bytes, header_len)?;
+    let response = s.engine.infer_on_worker(&name, &request)?;
+    let out: HttpBody = response.to_http(|output| request.binary_output(output));
     Ok(match out.json_len {
         None => bytes_response(StatusCode::OK, out.bytes, "application/json"),
         Some(len) => {

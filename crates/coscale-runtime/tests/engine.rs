@@ -266,3 +266,33 @@ fn engine_serves_from_many_threads_at_once() {
         h.join().unwrap();
     }
 }
+
+/// The same answers inline (current-thread runtime, or a measured fast model) and with the
+/// worker handed over (the first, unmeasured inference on a multi-thread runtime); an unknown
+/// model is not found either way.
+#[test]
+fn infer_on_worker_answers_like_infer_on_either_runtime_flavour() {
+    let engine = std::sync::Arc::new(engine_with(&["iris"]));
+    let rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]];
+    let expected = engine.infer("iris", &iris_request(&rows)).unwrap();
+    let current = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    for runtime in [&current, &multi] {
+        for _ in 0..3 {
+            let engine = engine.clone();
+            let got = runtime
+                .block_on(async move { engine.infer_on_worker("iris", &iris_request(&rows)) })
+                .unwrap();
+            assert_eq!(got.outputs, expected.outputs);
+        }
+    }
+    let err = engine
+        .infer_on_worker("nope", &iris_request(&rows))
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::NotFound(_)), "{err:?}");
+}

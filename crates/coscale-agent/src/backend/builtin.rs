@@ -1,10 +1,8 @@
 //! coscale's built-in ONNX runtime (tract), running in the agent's process.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use coscale_api::pb::inference as pb;
 use coscale_api::v2::{InferRequest, InferResponse};
@@ -12,83 +10,23 @@ use coscale_runtime::{Engine, RuntimeError};
 
 use super::{artifact_size, Backend};
 
-/// An inference expected to take at most this long runs on the async worker that received
-/// the request; a longer one hands the worker over (`block_in_place`) so that requests that
-/// arrive meanwhile are still accepted and counted as in flight. The hand-over wakes another
-/// thread to take the worker's place and switches context at least twice: in a profile of the
-/// agent serving iris-mlp (~124 µs per inference) at 8 connections, 14 runtime threads took
-/// turns and 22 % of the samples were in the kernel. That is most of the work of a small model
-/// and a few per cent of a 1 ms one. Meanwhile requests on the busy worker's connections wait
-/// unread for at most about this long (the other workers keep accepting).
-const INLINE_BUDGET: Duration = Duration::from_millis(1);
-
 /// coscale's built-in ONNX runtime, in process.
 ///
 /// Inferences run at most `parallelism` at a time (one per core); the others wait for a
 /// permit *inside* the request handler, in arrival order (the semaphore is fair), so they count
 /// as in flight: the inference lag the autoscaler reads includes the queue, as it would for a
-/// remote inference server. A permitted inference runs inline when its model's recent cost
-/// predicts it fits [`INLINE_BUDGET`], else through `block_in_place`.
+/// remote inference server. A permitted inference runs as the runtime alone runs it
+/// ([`Engine::infer_on_worker`]): inline when its model's recent cost predicts it fits
+/// [`coscale_runtime::INLINE_BUDGET`], else through `block_in_place`.
 pub struct Builtin {
     engine: Arc<Engine>,
     parallelism: usize,
     permits: tokio::sync::Semaphore,
     /// Requests waiting for a permit.
     queued: AtomicUsize,
-    /// Per loaded model (internal name): its measured cost.
-    costs: RwLock<HashMap<String, Arc<Cost>>>,
     /// Tests only: the ids of requests in the order they got a slot.
     #[cfg(test)]
     granted: std::sync::Mutex<Vec<Option<String>>>,
-}
-
-/// The measured cost of one model's inferences: a moving average of nanoseconds per input
-/// element, so that a large batch is predicted to take longer than the single rows before it.
-#[derive(Debug)]
-struct Cost {
-    nanos_per_element: AtomicU64,
-}
-
-impl Cost {
-    /// Nothing measured yet: the first inference is not assumed to be short.
-    const UNMEASURED: u64 = u64::MAX;
-
-    fn new() -> Self {
-        Cost {
-            nanos_per_element: AtomicU64::new(Self::UNMEASURED),
-        }
-    }
-
-    /// Whether an inference over `elements` input elements is predicted to fit the budget.
-    fn fits(&self, elements: u64, budget: Duration) -> bool {
-        match self.nanos_per_element.load(Ordering::Relaxed) {
-            Self::UNMEASURED => false,
-            per => {
-                let budget = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
-                per.saturating_mul(elements.max(1)) <= budget
-            }
-        }
-    }
-
-    /// Folds one measured inference into the average (weight 1/8; concurrent updates may
-    /// lose one sample, which only makes the average a little slower to move).
-    fn record(&self, elements: u64, took: Duration) {
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let sample = nanos / elements.max(1);
-        let old = self.nanos_per_element.load(Ordering::Relaxed);
-        let new = if old == Self::UNMEASURED {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.nanos_per_element.store(new, Ordering::Relaxed);
-    }
-}
-
-/// Input elements of a request (what its inference time grows with).
-fn input_elements(request: &InferRequest) -> u64 {
-    let n: usize = request.inputs.iter().map(|t| t.data.len()).sum();
-    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl Builtin {
@@ -104,7 +42,6 @@ impl Builtin {
             parallelism: parallelism.max(1),
             permits: tokio::sync::Semaphore::new(parallelism.max(1)),
             queued: AtomicUsize::new(0),
-            costs: RwLock::new(HashMap::new()),
             #[cfg(test)]
             granted: std::sync::Mutex::new(Vec::new()),
         }
@@ -118,14 +55,6 @@ impl Builtin {
     /// Requests waiting for an inference slot now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
-    }
-
-    fn cost(&self, internal: &str) -> Option<Arc<Cost>> {
-        self.costs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(internal)
-            .cloned()
     }
 }
 
@@ -169,18 +98,10 @@ impl Backend for Builtin {
         tokio::task::spawn_blocking(move || engine.load(&name, &path))
             .await
             .map_err(|e| RuntimeError::Internal(format!("load task failed: {e}")))??;
-        self.costs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(internal.to_owned(), Arc::new(Cost::new()));
         Ok(size)
     }
 
     async fn unload(&self, internal: &str) -> Result<(), RuntimeError> {
-        self.costs
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(internal);
         self.engine.unload(internal)
     }
 
@@ -212,23 +133,7 @@ impl Backend for Builtin {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(request.id.clone());
-        let Some(cost) = self.cost(internal) else {
-            // Not loaded (or unloaded meanwhile): the engine says so.
-            return self.engine.infer(internal, request);
-        };
-        let elements = input_elements(request);
-        let started = Instant::now();
-        let result = if cost.fits(elements, INLINE_BUDGET) {
-            self.engine.infer(internal, request)
-        } else {
-            // CPU-bound for a while: tell tokio so the worker's other tasks (accepting and
-            // counting new requests) move to another thread meanwhile.
-            tokio::task::block_in_place(|| self.engine.infer(internal, request))
-        };
-        if result.is_ok() {
-            cost.record(elements, started.elapsed());
-        }
-        result
+        self.engine.infer_on_worker(internal, request)
     }
 }
 
@@ -236,36 +141,7 @@ impl Backend for Builtin {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn an_unmeasured_model_is_not_run_inline() {
-        assert!(!Cost::new().fits(1, Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn the_prediction_grows_with_the_batch_and_follows_the_measurements() {
-        let cost = Cost::new();
-        cost.record(4, Duration::from_micros(20)); // 5 µs per element
-        assert!(cost.fits(4, Duration::from_micros(100)));
-        assert!(cost.fits(20, Duration::from_micros(100)));
-        assert!(!cost.fits(21, Duration::from_micros(100)));
-        // A model that became slow (e.g. the machine is loaded) stops running inline after a
-        // few inferences; one slow outlier alone does not flip it.
-        cost.record(4, Duration::from_micros(400));
-        assert!(cost.fits(4, Duration::from_micros(100)));
-        for _ in 0..8 {
-            cost.record(4, Duration::from_micros(400));
-        }
-        assert!(!cost.fits(4, Duration::from_micros(100)));
-    }
-
-    #[test]
-    fn an_empty_request_counts_as_one_element() {
-        let cost = Cost::new();
-        cost.record(0, Duration::from_micros(10));
-        assert!(cost.fits(0, Duration::from_micros(10)));
-        assert!(!cost.fits(0, Duration::from_micros(9)));
-    }
+    use std::time::{Duration, Instant};
 
     fn iris_request() -> InferRequest {
         let body = br#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}"#;
