@@ -46,6 +46,10 @@ pub struct AgentConfig {
     pub overcommit_percent: u32,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// A Unix-domain socket where the REST data plane listens too (given by `coscale up` to
+    /// its local replicas; the router prefers it to TCP on loopback). Created with mode 0600
+    /// (a stale socket file at the path is replaced) and removed when the agent stops.
+    pub rest_socket: Option<std::path::PathBuf>,
     /// Host (IP or name) reported to the control plane for the data-plane addresses
     /// instead of the bound IP (required when binding 0.0.0.0, e.g. the pod IP).
     pub advertise_host: Option<String>,
@@ -89,6 +93,7 @@ impl AgentConfig {
             overcommit_percent: 10,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rest_socket: None,
             advertise_host: None,
             leave_grace: Duration::from_secs(25),
             exit_after_disconnect: None,
@@ -141,6 +146,27 @@ pub async fn advertised(
     }
 }
 
+/// Binds the REST data plane's Unix socket at `path`: a socket file left there by an agent that
+/// did not stop cleanly is replaced; any other file is an error. The socket is private to the
+/// user (mode 0600).
+fn bind_rest_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("cannot replace the old socket {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "--rest-socket {} exists and is not a socket; not replacing it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the REST socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(listener)
+}
+
 /// Runs an agent until it is drained, shut down, or loses its control plane.
 /// `shutdown` stops at once; `leave` (SIGTERM) drains first: the control plane is told
 /// the replica leaves, places its models elsewhere and answers `Drain`; requests in
@@ -183,6 +209,22 @@ pub async fn run(
                 .await
         }
     });
+    let socket_task = match &config.rest_socket {
+        None => None,
+        Some(path) => {
+            let unix = bind_rest_socket(path)?;
+            let rx = stop_rx.clone();
+            let rest = dataplane::rest_app(dp.clone(), config.body_limit);
+            let path = path.clone();
+            Some(tokio::spawn(async move {
+                let served = axum::serve(unix, rest)
+                    .with_graceful_shutdown(stopped(rx))
+                    .await;
+                let _ = std::fs::remove_file(&path);
+                served
+            }))
+        }
+    };
     let grpc_task = tokio::spawn({
         let rx = stop_rx.clone();
         let svc = dataplane::grpc_service(dp.clone(), config.body_limit);
@@ -271,6 +313,9 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     let _ = http_task.await;
+    if let Some(task) = socket_task {
+        let _ = task.await;
+    }
     let _ = grpc_task.await;
     info!(?exit, "agent stopped");
     Ok(exit)

@@ -237,6 +237,7 @@ impl Platform {
                     control_url: format!("http://{agent_addr}"),
                     token_file: opts.data_dir.join("token"),
                     log_dir: opts.data_dir.join("logs"),
+                    socket_dir: coscale_control::provision::socket_dir(&opts.data_dir),
                     orphan_grace: opts.orphan_grace,
                 }),
                 Provisioner::Kubernetes => Backend::External,

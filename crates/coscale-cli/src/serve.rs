@@ -349,6 +349,11 @@ pub struct AgentArgs {
     /// replicas take it from the environment.
     #[arg(long, env = "COSCALE_INFERENCE_PARALLELISM", default_value_t = 0)]
     pub inference_parallelism: usize,
+    /// Also serve the REST data plane on this Unix-domain socket (mode 0600; a stale socket
+    /// there is replaced). `coscale up` gives one to each local replica, and its router then
+    /// forwards over it instead of TCP on loopback.
+    #[arg(long, env = "COSCALE_REST_SOCKET")]
+    pub rest_socket: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -396,6 +401,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     cfg.overcommit_percent = a.overcommit_percent;
     cfg.http_addr = a.http_addr;
     cfg.grpc_addr = a.grpc_addr;
+    cfg.rest_socket = a.rest_socket;
     cfg.advertise_host = a.advertise_host.or(a.pod_ip);
     cfg.leave_grace = Duration::from_secs_f64(a.drain_grace_seconds.max(0.0));
     cfg.body_limit = a.body_limit;

@@ -192,6 +192,14 @@ async fn restarting_the_control_plane_brings_every_model_back_without_reapplying
         .unwrap();
     up.wait_available("iris", 2).await;
     let v_before = up.model("iris").await.unwrap().version;
+    // Each replica also serves REST on a private Unix socket, which the router uses.
+    let sockets = up.dir.join("sockets");
+    for name in ["onnx-0.sock", "onnx-1.sock"] {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::metadata(sockets.join(name)).unwrap();
+        assert!(meta.file_type().is_socket(), "{name}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    }
     // Stopped with SIGTERM, `coscale up` stops its replicas as Ctrl-C would: every agent
     // stops by itself (SIGINT) rather than being killed.
     up.stop();
@@ -209,6 +217,8 @@ async fn restarting_the_control_plane_brings_every_model_back_without_reapplying
             text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
         );
     }
+    let left: Vec<_> = std::fs::read_dir(&sockets).unwrap().collect();
+    assert!(left.is_empty(), "agents remove their sockets: {left:?}");
     up.restart().await;
     up.wait_available("iris", 2).await;
     up.wait_available("iris-mlp", 1).await;

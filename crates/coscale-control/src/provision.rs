@@ -12,7 +12,7 @@
 //! are available elsewhere (or after the drain timeout).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -37,8 +37,38 @@ pub struct AgentCommand {
     pub token_file: PathBuf,
     /// Where replica logs go (`<server>-<ordinal>.log`).
     pub log_dir: PathBuf,
+    /// Where replicas put their REST Unix sockets ([`agent_socket`]); see [`socket_dir`].
+    pub socket_dir: PathBuf,
     /// A replica exits when its control plane has been gone this long (no orphans).
     pub orphan_grace: std::time::Duration,
+}
+
+/// The folder of local replicas' REST Unix sockets under a data directory (absolute, so that
+/// the path the agent is given and the one the control plane checks are the same string).
+pub fn socket_dir(data_dir: &Path) -> PathBuf {
+    std::path::absolute(data_dir)
+        .unwrap_or_else(|_| data_dir.to_owned())
+        .join("sockets")
+}
+
+/// The Unix socket a local replica's REST data plane listens on, `<dir>/<server>-<ordinal>.sock`;
+/// None when the path is too long for a socket address (108 bytes on Linux, NUL included), in
+/// which case the replica is reached over TCP only.
+pub fn agent_socket(dir: &Path, server: &str, idx: u32) -> Option<PathBuf> {
+    let path = dir.join(format!("{server}-{idx}.sock"));
+    (path.as_os_str().len() < 108).then_some(path)
+}
+
+/// The REST socket a registering replica announced, if it is exactly the one the local
+/// provisioner of the control plane with `data_dir` gives that replica. The router connects to
+/// it, so an agent may not point it at any other socket on the machine.
+pub fn accepted_rest_socket(
+    data_dir: &Path,
+    server: &str,
+    idx: u32,
+    announced: &str,
+) -> Option<PathBuf> {
+    agent_socket(&socket_dir(data_dir), server, idx).filter(|p| p.as_os_str() == announced)
 }
 
 /// Timings of the provisioner.
@@ -109,9 +139,14 @@ pub async fn run(
     let mut replicas: BTreeMap<Key, Replica> = BTreeMap::new();
     let mut backoff: HashMap<Key, Backoff> = HashMap::new();
     if let Backend::Local(cmd) = &backend {
-        if let Err(e) = std::fs::create_dir_all(&cmd.log_dir) {
-            warn!("cannot create log dir {}: {e}", cmd.log_dir.display());
+        for dir in [&cmd.log_dir, &cmd.socket_dir] {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                warn!("cannot create {}: {e}", dir.display());
+            }
         }
+        // Only the user reaches the replicas' sockets (they are 0600 too).
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&cmd.socket_dir, std::fs::Permissions::from_mode(0o700));
     }
     let mut tick = tokio::time::interval(config.tick);
     loop {
@@ -421,10 +456,53 @@ fn spawn(
         .arg("--overcommit-percent")
         .arg(launch.overcommit_percent.to_string())
         .arg("--exit-after-disconnect")
-        .arg(cmd.orphan_grace.as_secs().max(1).to_string())
-        .stdin(Stdio::null())
+        .arg(cmd.orphan_grace.as_secs().max(1).to_string());
+    if let Some(socket) = agent_socket(&cmd.socket_dir, server.as_str(), idx) {
+        c.arg("--rest-socket").arg(socket);
+    }
+    c.stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
         .kill_on_drop(true);
     c.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_replica_socket_lives_in_the_data_dirs_socket_folder_and_long_paths_fall_back_to_tcp() {
+        let dir = socket_dir(Path::new("/run/cs"));
+        assert_eq!(dir, Path::new("/run/cs/sockets"));
+        assert_eq!(
+            agent_socket(&dir, "pool", 2).unwrap(),
+            Path::new("/run/cs/sockets/pool-2.sock")
+        );
+        assert!(agent_socket(&dir, &"x".repeat(90), 0).is_none());
+        assert!(socket_dir(Path::new("rel")).is_absolute());
+    }
+
+    #[test]
+    fn only_the_socket_the_provisioner_gives_that_replica_is_accepted() {
+        let data = Path::new("/run/cs");
+        let ok = "/run/cs/sockets/pool-2.sock";
+        assert_eq!(
+            accepted_rest_socket(data, "pool", 2, ok).unwrap(),
+            Path::new(ok)
+        );
+        for wrong in [
+            "/var/run/docker.sock",
+            "/run/cs/sockets/pool-3.sock",
+            "/run/cs/sockets/../sockets/pool-2.sock",
+            "sockets/pool-2.sock",
+        ] {
+            assert!(
+                accepted_rest_socket(data, "pool", 2, wrong).is_none(),
+                "{wrong}"
+            );
+        }
+        assert!(accepted_rest_socket(data, "other", 2, ok).is_none());
+    }
 }

@@ -258,6 +258,27 @@ impl ControlPlane {
             .max_decoding_message_size(16 << 20)
     }
 
+    /// The REST socket an agent announced, if it is the one this control plane's local
+    /// provisioner gives that replica ([`crate::provision::accepted_rest_socket`]).
+    fn checked_rest_socket(&self, reg: &Register) -> Option<PathBuf> {
+        if reg.rest_socket.is_empty() {
+            return None;
+        }
+        let accepted = crate::provision::accepted_rest_socket(
+            &self.inner.config.data_dir,
+            &reg.server,
+            reg.replica,
+            &reg.rest_socket,
+        );
+        if accepted.is_none() {
+            tracing::warn!(
+                server = %reg.server, replica = reg.replica, socket = %reg.rest_socket,
+                "ignoring a REST socket that is not this replica's in this control plane's socket folder; the replica is reached over TCP"
+            );
+        }
+        accepted
+    }
+
     fn on_register(&self, reg: Register) -> Result<Registered, Status> {
         if reg.server.is_empty() {
             return Err(Status::invalid_argument("register: server name is empty"));
@@ -281,6 +302,7 @@ impl ControlPlane {
                 )));
             }
         }
+        let rest_socket = self.checked_rest_socket(&reg);
         let server = ServerName::new(reg.server.clone());
         let replica = ReplicaIndex(reg.replica);
         let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
@@ -299,6 +321,7 @@ impl ControlPlane {
             overcommit_percent: reg.overcommit_percent,
             http,
             grpc,
+            rest_socket,
             pid: reg.pid,
             runtime: reg.runtime,
             runtime_error: reg.runtime_error,

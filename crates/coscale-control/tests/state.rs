@@ -39,6 +39,7 @@ fn info(port: u16) -> AgentInfo {
         overcommit_percent: 10,
         http: format!("127.0.0.1:{port}").parse().unwrap(),
         grpc: format!("127.0.0.1:{}", port + 1).parse().unwrap(),
+        rest_socket: None,
         pid: u32::from(port),
         runtime: "builtin".into(),
         runtime_error: String::new(),
@@ -137,6 +138,33 @@ fn a_model_is_loaded_where_placed_and_routed_once_loaded() {
         ("ModelAvailable", 2)
     );
     assert_eq!(endpoints(&st, "m"), vec![(0, 1), (1, 1)]);
+}
+
+#[test]
+fn a_replicas_rest_socket_reaches_the_routing_table() {
+    let mut st = State::default();
+    apply(
+        &mut st,
+        &(server("s", 1) + "---\n" + &model("m", "/x", 1, "onnx")),
+    );
+    let mut with_socket = info(10_000);
+    with_socket.rest_socket = Some("/run/cs/sockets/s-0.sock".into());
+    st.agent_registered(
+        ServerName::new("s"),
+        ReplicaIndex(0),
+        1,
+        with_socket,
+        vec![],
+        1,
+    );
+    st.reconcile(1);
+    loaded(&mut st, "s", 0, 1, "m", 1);
+    let table = st.routing_table();
+    let endpoint = &table.route("m").unwrap().endpoints[0];
+    assert_eq!(
+        endpoint.rest_socket.as_deref(),
+        Some(std::path::Path::new("/run/cs/sockets/s-0.sock"))
+    );
 }
 
 #[test]

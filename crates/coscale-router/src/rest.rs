@@ -536,9 +536,13 @@ async fn attempt(
                 Err((failure, _)) => return Err(failure),
             }
         }
-        let conn = Upstream::connect(addr, config.connect_timeout)
+        let socket = replica.endpoint.rest_socket.as_deref();
+        let conn = Upstream::connect(addr, socket, config.connect_timeout)
             .await
-            .map_err(|e| Failure::NoAnswer(format!("connecting to {addr} failed: {e}")))?;
+            .map_err(|e| {
+                let to = socket.map_or_else(|| addr.to_string(), |p| p.display().to_string());
+                Failure::NoAnswer(format!("connecting to {to} failed: {e}"))
+            })?;
         outgoing
             .on(conn, upstreams)
             .await

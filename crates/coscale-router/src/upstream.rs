@@ -4,25 +4,77 @@
 //! Each client connection keeps the replica connections it used ([`Upstreams`]): the next
 //! request to the same replica goes out on the same socket from the same task, with no pool lock
 //! and no hand-over to another task. When the client goes away its connections move to the
-//! shared idle [`Pool`], from which new client connections take them.
+//! shared idle [`Pool`], from which new client connections take them. A replica that has a
+//! REST Unix socket (local replicas of `coscale up`) is reached over it, else over TCP.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::h1::{self, Framing, ResponseHead};
+
+/// A connection to a replica: TCP, or its Unix socket.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// One open connection to a replica's REST listener.
 #[derive(Debug)]
 pub(crate) struct Upstream {
+    /// The replica's TCP address: its key in the pool, whichever way it is connected.
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// Whether a request went out on it before (it may have been closed by the replica since).
     reused: bool,
@@ -30,17 +82,29 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// Opens a connection to `addr` within `timeout`.
-    pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect timed out after {} ms", timeout.as_millis()),
-                )
-            })??;
-        stream.set_nodelay(true)?;
+    /// Opens a connection to the replica at `addr` — over `socket` when it has one — within
+    /// `timeout`.
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        socket: Option<&Path>,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let connect = async {
+            Ok::<_, io::Error>(match socket {
+                Some(path) => Stream::Unix(UnixStream::connect(path).await?),
+                None => {
+                    let tcp = TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    Stream::Tcp(tcp)
+                }
+            })
+        };
+        let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {} ms", timeout.as_millis()),
+            )
+        })??;
         Ok(Upstream {
             addr,
             stream,
@@ -236,7 +300,7 @@ mod tests {
     const GET: &[u8] = b"GET /x HTTP/1.1\r\nhost: r\r\ncontent-length: 0\r\n\r\n";
 
     async fn connect(addr: SocketAddr) -> Upstream {
-        Upstream::connect(addr, Duration::from_secs(5))
+        Upstream::connect(addr, None, Duration::from_secs(5))
             .await
             .unwrap()
     }
@@ -341,13 +405,17 @@ mod tests {
         let addr = replica(b"", false).await;
         let mut held = Upstreams::default();
         let first = connect(addr).await;
-        let first_port = first.stream.local_addr().unwrap().port();
+        let port = |conn: &Upstream| match &conn.stream {
+            Stream::Tcp(tcp) => tcp.local_addr().unwrap().port(),
+            Stream::Unix(_) => unreachable!("connected over TCP"),
+        };
+        let first_port = port(&first);
         assert!(held.keep(first).is_none());
         for _ in 1..MAX_HELD {
             assert!(held.keep(connect(addr).await).is_none());
         }
         let evicted = held.keep(connect(addr).await).expect("the oldest goes");
-        assert_eq!(evicted.stream.local_addr().unwrap().port(), first_port);
+        assert_eq!(port(&evicted), first_port);
         assert_eq!(held.into_inner().len(), MAX_HELD);
     }
 

@@ -246,6 +246,7 @@ fn endpoint(
         version,
         http,
         grpc,
+        rest_socket: None,
     }
 }
 
@@ -1285,4 +1286,50 @@ async fn stopping_closes_idle_connections_and_lets_a_request_in_flight_finish() 
         .await
         .expect("the router stops once the request is answered")
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_with_a_rest_socket_is_reached_over_it() {
+    let agent = Arc::new(FakeAgent {
+        name: "unix",
+        mode: Mode::Ok,
+        seen: Mutex::new(Vec::new()),
+        arrivals: watch::channel(0).0,
+        gate: Semaphore::new(0),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s-0.sock");
+    let unix = tokio::net::UnixListener::bind(&path).unwrap();
+    let app = axum::Router::new()
+        .fallback(agent_rest)
+        .with_state(Arc::clone(&agent));
+    tokio::spawn(async move { axum::serve(unix, app).await.unwrap() });
+    // Nothing listens on the TCP address: only the socket can answer.
+    let tcp = closed_addr().await;
+    let mut on_socket = endpoint("s", 0, 3, tcp, tcp);
+    on_socket.rest_socket = Some(path.clone());
+    let router =
+        TestRouter::start(RouterConfig::default(), table(vec![("m", vec![on_socket])])).await;
+    for _ in 0..3 {
+        let response = router.infer("/v2/models/m/infer").await;
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["agent"], "unix");
+    }
+    assert_eq!(agent.seen().len(), 3);
+    assert_eq!(agent.seen()[0].internal.as_deref(), Some("m_3"));
+    // A socket that is gone is a replica that gives no answer: 502 saying where it tried.
+    drop(dir);
+    let mut gone = endpoint("s", 0, 4, tcp, tcp);
+    gone.rest_socket = Some(path.clone());
+    router.tables.send(table(vec![("m", vec![gone])])).unwrap();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(router.url("/v2/models/m/infer"))
+        .body(INFER_BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_v2_error(response, 502, "s-0.sock").await;
+    router.shutdown().await;
 }
