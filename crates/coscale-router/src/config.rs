@@ -14,6 +14,10 @@ pub struct RouterConfig {
     /// Time allowed for a replica to answer (REST: the whole answer, from sending the request on;
     /// gRPC: the reply).
     pub request_timeout: Duration,
+    /// Longest wait for a REST client: for the next request on an idle connection (then it is
+    /// closed), and for a request's head and body once they start to arrive (then 408 for a
+    /// body; the connection is closed either way).
+    pub client_timeout: Duration,
     /// Largest REST answer body taken from a replica; a larger one is answered with 502.
     pub answer_limit_bytes: usize,
     /// How long idle pooled connections to replicas are kept.
@@ -32,6 +36,7 @@ impl Default for RouterConfig {
             grpc_max_message_bytes: 64 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(75),
             answer_limit_bytes: 256 * 1024 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,

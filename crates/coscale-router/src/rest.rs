@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::error::RouteError;
 use crate::h1::{self, BodyError, Framing, HeadError, RequestHead};
@@ -29,8 +30,6 @@ use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 const MODELS_PREFIX: &str = "/v2/models/";
 /// Largest non-JSON upstream error body wrapped as `{"error": ...}`; the rest is cut off.
 const MAX_WRAPPED_ERROR_BYTES: usize = 64 * 1024;
-/// A client connection with no request for this long is closed (nginx's keepalive_timeout).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Largest body read and thrown away to keep a connection open after an early answer (404,
 /// 503, ...); a longer one closes the connection instead.
 const DRAIN_LIMIT: usize = 64 * 1024;
@@ -93,6 +92,8 @@ struct Client {
     /// Encoding buffer for answers.
     out: Vec<u8>,
     upstreams: Upstreams,
+    /// [`crate::RouterConfig::client_timeout`].
+    timeout: Duration,
 }
 
 /// An answer for the client, before framing.
@@ -140,6 +141,7 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
         buf: BytesMut::with_capacity(8 * 1024),
         out: Vec::with_capacity(1024),
         upstreams: Upstreams::default(),
+        timeout: handle.config().client_timeout,
     };
     loop {
         let head = match next_head(&mut client, &mut stopped).await {
@@ -163,12 +165,14 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
     handle.pool().put(client.upstreams.into_inner());
 }
 
-/// The next request head; `None` when the client closed, went idle too long, or the router is
-/// stopping while the connection is idle.
+/// The next request head; `None` when the client closed, sent no request or no whole head in
+/// time (the client timeout, counted from the start of the wait and again from the head's first
+/// byte), or the router is stopping while the connection is idle.
 async fn next_head(
     client: &mut Client,
     stopped: &mut watch::Receiver<bool>,
 ) -> Result<Option<RequestHead>, HeadError> {
+    let mut deadline = Instant::now() + client.timeout;
     loop {
         if let Some(head) = h1::parse_request(&mut client.buf)? {
             return Ok(Some(head));
@@ -177,15 +181,17 @@ async fn next_head(
         if idle && *stopped.borrow() {
             return Ok(None);
         }
+        let read = tokio::time::timeout_at(deadline, client.stream.read_buf(&mut client.buf));
         tokio::select! {
-            read = tokio::time::timeout(IDLE_TIMEOUT, client.stream.read_buf(&mut client.buf)) => {
-                match read {
-                    Ok(Ok(n)) if n > 0 => {}
-                    // Closed, failed or idle too long; a half-received head gets no answer.
-                    _ => return Ok(None),
-                }
-            }
+            read = read => match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, failed or too slow; a half-received head gets no answer.
+                _ => return Ok(None),
+            },
             () = stop_signal(stopped.clone()), if idle => return Ok(None),
+        }
+        if idle {
+            deadline = Instant::now() + client.timeout;
         }
     }
 }
@@ -321,9 +327,15 @@ impl Client {
         }
     }
 
-    /// Reads the request body into memory, at most `limit` bytes.
-    async fn read_body(&mut self, framing: Framing, limit: usize) -> Result<Bytes, BodyError> {
-        h1::read_body(&mut self.stream, &mut self.buf, framing, limit).await
+    /// Reads the request body into memory, at most `limit` bytes, within the client timeout
+    /// (`None`: it did not arrive in time).
+    async fn read_body(
+        &mut self,
+        framing: Framing,
+        limit: usize,
+    ) -> Option<Result<Bytes, BodyError>> {
+        let read = h1::read_body(&mut self.stream, &mut self.buf, framing, limit);
+        tokio::time::timeout(self.timeout, read).await.ok()
     }
 
     /// Reads and drops the body of a request answered without it, so that the next request on
@@ -338,8 +350,8 @@ impl Client {
             return After::Close;
         }
         match self.read_body(framing, DRAIN_LIMIT).await {
-            Ok(_) => After::KeepOpen,
-            Err(_) => After::Close,
+            Some(Ok(_)) => After::KeepOpen,
+            Some(Err(_)) | None => After::Close,
         }
     }
 }
@@ -444,11 +456,18 @@ async fn forward(
         }
     }
     let body = match client.read_body(framing, limit).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge(_)) => return Err(too_large()),
-        Err(err) => {
+        Some(Ok(body)) => body,
+        Some(Err(BodyError::TooLarge(_))) => return Err(too_large()),
+        Some(Err(err)) => {
             let err = RouteError::BadBody(err.to_string());
             return Err(Early::Final(Reply::error(&err), After::Close));
+        }
+        None => {
+            let message = format!(
+                "the request body did not arrive within {} ms",
+                client.timeout.as_millis()
+            );
+            return Err(Early::Final(Reply::v2_error(408, &message), After::Close));
         }
     };
 

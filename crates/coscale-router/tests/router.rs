@@ -1333,3 +1333,36 @@ async fn a_replica_with_a_rest_socket_is_reached_over_it() {
     assert_v2_error(response, 502, "s-0.sock").await;
     router.shutdown().await;
 }
+
+#[tokio::test]
+async fn idle_and_slow_clients_are_cut_off_after_the_client_timeout() {
+    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
+    let router = TestRouter::start(
+        RouterConfig {
+            client_timeout: Duration::from_millis(300),
+            ..RouterConfig::default()
+        },
+        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
+    )
+    .await;
+    // Idle after an answer: closed.
+    let mut idle = RawClient::connect(router.http).await;
+    idle.send(b"GET /v2/health/live HTTP/1.1\r\n\r\n").await;
+    assert_eq!(idle.answer(false).await.status, 200);
+    assert!(idle.closed().await);
+    // Half a head and then nothing: closed without an answer.
+    let mut slow_head = RawClient::connect(router.http).await;
+    slow_head.send(b"GET /v2/health/live HTTP/1.1\r\nhos").await;
+    assert!(slow_head.closed().await);
+    // A body that stops coming: 408 and closed; the replica never sees it.
+    let mut slow_body = RawClient::connect(router.http).await;
+    slow_body
+        .send(b"POST /v2/models/m/infer HTTP/1.1\r\ncontent-length: 13\r\n\r\n{\"inp")
+        .await;
+    let answer = slow_body.answer(false).await;
+    assert_eq!(answer.status, 408);
+    assert!(String::from_utf8_lossy(&answer.body).contains("within 300 ms"));
+    assert!(slow_body.closed().await);
+    assert!(agent.seen().is_empty());
+    router.shutdown().await;
+}
