@@ -64,6 +64,11 @@ impl RouterHandle {
         self.state().pick(model, exclude)
     }
 
+    /// Whether a pick for `model` can succeed now, without taking a slot.
+    pub fn check(&self, model: &str) -> Result<(), RouteError> {
+        self.state().check(model)
+    }
+
     /// Requests in flight from this router to a server replica.
     pub fn inflight(&self, server: &str, replica: u32) -> usize {
         self.state().inflight(server, replica)

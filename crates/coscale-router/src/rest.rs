@@ -425,7 +425,9 @@ async fn forward(
     framing: Framing,
     model: &str,
 ) -> Result<(Reply, Picked), Early> {
-    let first = handle.pick(model, None).map_err(Early::Error)?;
+    // Unknown model or no replica: answered before the body is read. The replica is picked
+    // only once the body is in, so that a slow upload does not count as a request on it.
+    handle.check(model).map_err(Early::Error)?;
     let limit = handle.config().body_limit_bytes;
     let too_large = || {
         Early::Final(
@@ -471,6 +473,9 @@ async fn forward(
         }
     };
 
+    let first = handle
+        .pick(model, None)
+        .map_err(|err| Early::Final(Reply::error(&err), After::KeepOpen))?;
     let head_request = head.is_head();
     let failure = match attempt(handle, &mut client.upstreams, head, &body, &first).await {
         Ok(answer) => return Ok((answer_reply(answer, head_request), first)),

@@ -158,14 +158,8 @@ impl RouterState {
     ///
     /// Fewest in-flight requests wins; among equals the search starts at a rotating position.
     pub fn pick(&mut self, model: &str, exclude: Option<&Endpoint>) -> Result<Picked, RouteError> {
-        let replicas = self
-            .routes
-            .get(model)
-            .ok_or_else(|| RouteError::UnknownModel(model.to_owned()))?;
+        let replicas = replicas_of(&self.routes, model)?;
         let n = replicas.len();
-        if n == 0 {
-            return Err(RouteError::NoAvailableReplica(model.to_owned()));
-        }
         let start = self.cursor % n;
         self.cursor = self.cursor.wrapping_add(1);
         let mut best: Option<(&Arc<Replica>, usize)> = None;
@@ -194,14 +188,29 @@ impl RouterState {
             .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
-    /// Whether `model` has at least one replica that can take traffic.
-    pub fn is_routable(&self, model: &str) -> bool {
-        self.routes.get(model).is_some_and(|r| !r.is_empty())
+    /// Whether a pick for `model` can succeed now, without taking a slot: the error it would
+    /// give otherwise (unknown model, or no replica that can take traffic).
+    pub fn check(&self, model: &str) -> Result<(), RouteError> {
+        replicas_of(&self.routes, model).map(|_| ())
     }
 
     /// Whether `model` is in the routing table at all.
     pub fn is_known(&self, model: &str) -> bool {
         self.routes.contains_key(model)
+    }
+}
+
+/// The replicas of `model` in `routes`: at least one, or the error a request for it gets.
+fn replicas_of<'a>(
+    routes: &'a HashMap<String, Vec<Arc<Replica>>>,
+    model: &str,
+) -> Result<&'a [Arc<Replica>], RouteError> {
+    match routes.get(model) {
+        None => Err(RouteError::UnknownModel(model.to_owned())),
+        Some(replicas) if replicas.is_empty() => {
+            Err(RouteError::NoAvailableReplica(model.to_owned()))
+        }
+        Some(replicas) => Ok(replicas),
     }
 }
 
@@ -248,6 +257,24 @@ mod tests {
             state.pick("empty", None).unwrap_err(),
             RouteError::NoAvailableReplica("empty".into())
         );
+        // check() tells the same without taking a slot.
+        assert_eq!(
+            state.check("nope").unwrap_err(),
+            RouteError::UnknownModel("nope".into())
+        );
+        assert_eq!(
+            state.check("empty").unwrap_err(),
+            RouteError::NoAvailableReplica("empty".into())
+        );
+    }
+
+    #[test]
+    fn a_check_takes_no_slot() {
+        let mut state = RouterState::new(table(&[("m", vec![endpoint("s", 0)])]));
+        state.check("m").unwrap();
+        assert_eq!(state.inflight("s", 0), 0);
+        let _held = state.pick("m", None).unwrap();
+        assert_eq!(state.inflight("s", 0), 1);
     }
 
     #[test]
