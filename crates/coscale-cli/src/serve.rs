@@ -79,9 +79,8 @@ pub struct UpArgs {
     /// gRPC address of the KEDA external scaler (`externalscaler.ExternalScaler`).
     #[arg(long, env = "COSCALE_KEDA_SCALER_ADDR")]
     pub keda_scaler_addr: Option<SocketAddr>,
-    /// Router threads of its own: N threads, each accepting client connections and serving
-    /// every request of a connection from end to end (like nginx workers); 0 = share the
-    /// control plane's runtime.
+    /// Threads of the router's own runtime: 1 = one thread that handles a request from end to
+    /// end; N > 1 = N worker threads; 0 = share the control plane's runtime.
     #[arg(long, env = "COSCALE_ROUTER_THREADS", default_value_t = 0)]
     pub router_threads: usize,
     #[command(flatten)]

@@ -89,9 +89,9 @@ async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_ro
     assert!(agent.contains("seldon_loaded_model_gauge"), "{agent}");
 }
 
-/// `--router-threads` 1 and 2 (router threads of its own, each serving whole client
-/// connections, sharing the listener): the router serves REST and gRPC, many requests at once
-/// on many connections, and its errors, as on the shared runtime.
+/// `--router-threads` 1 (one thread handles a request end to end) and 2 (a runtime of its
+/// own with two workers): the router serves REST and gRPC, many requests at once, and its
+/// errors, as on the shared runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_on_its_own_runtime_serves_rest_and_grpc_under_concurrency() {
     for threads in ["1", "2"] {

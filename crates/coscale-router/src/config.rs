@@ -24,8 +24,8 @@ pub struct RouterConfig {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept per replica.
     pub pool_max_idle_per_host: usize,
-    /// Router threads of its own ([`crate::serve_dedicated`]), each a current-thread runtime
-    /// serving whole client connections; 0 means the caller's runtime.
+    /// Threads of the router's own runtime ([`crate::serve_dedicated`]): 1 is a current-thread
+    /// runtime on one OS thread, more a multi-thread runtime; 0 means the caller's runtime.
     pub threads: usize,
 }
 

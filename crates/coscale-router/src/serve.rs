@@ -19,11 +19,11 @@ pub enum ServeError {
     Runtime(#[source] std::io::Error),
 }
 
-/// Runs the router on runtimes of its own and returns at once: `threads` OS threads (at least
-/// one), each with a current-thread runtime that accepts REST connections from the shared
-/// listener and serves each of them from start to end on that thread — as nginx's workers do —
-/// so a request never wakes another thread; the first also serves gRPC. The returned thread
-/// ends once every router thread has stopped.
+/// Runs [`serve`] on a runtime of its own, on new OS threads, and returns at once; the
+/// listeners move to that runtime. `threads` = 1 gives a current-thread runtime on one thread:
+/// the client's connection, the forwarding handler and the pooled connection to the replica
+/// then wake each other on that thread instead of across threads (as in one nginx worker).
+/// More threads give a multi-thread runtime with that many workers.
 pub fn serve_dedicated(
     handle: RouterHandle,
     http_listener: TcpListener,
@@ -33,54 +33,26 @@ pub fn serve_dedicated(
 ) -> Result<std::thread::JoinHandle<Result<(), ServeError>>, ServeError> {
     let http = http_listener.into_std().map_err(ServeError::Runtime)?;
     let grpc = grpc_listener.into_std().map_err(ServeError::Runtime)?;
-    let (stop, stopped) = watch::channel(false);
-    let stop = std::sync::Arc::new(stop);
-    let runtime = || {
+    let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(ServeError::Runtime)
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
     };
-    let mut others = Vec::new();
-    for i in 1..threads.max(1) {
-        let listener = http.try_clone().map_err(ServeError::Runtime)?;
-        let (handle, stopped, rt) = (handle.clone(), stopped.clone(), runtime()?);
-        let thread = std::thread::Builder::new()
-            .name(format!("coscale-router-{i}"))
-            .spawn(move || {
-                rt.block_on(async move {
-                    let listener = TcpListener::from_std(listener).map_err(ServeError::Runtime)?;
-                    serve_rest(listener, handle, stopped).await;
-                    Ok::<(), ServeError>(())
-                })
-            })
-            .map_err(ServeError::Runtime)?;
-        others.push(thread);
-    }
-    let first = runtime()?;
+    let runtime = builder
+        .enable_all()
+        .thread_name("coscale-router")
+        .build()
+        .map_err(ServeError::Runtime)?;
     std::thread::Builder::new()
-        .name("coscale-router-0".to_owned())
+        .name("coscale-router".to_owned())
         .spawn(move || {
-            let on_shutdown = std::sync::Arc::clone(&stop);
-            let result = first.block_on(async move {
-                tokio::spawn(async move {
-                    shutdown.await;
-                    on_shutdown.send_replace(true);
-                });
+            runtime.block_on(async move {
                 let http = TcpListener::from_std(http).map_err(ServeError::Runtime)?;
                 let grpc = TcpListener::from_std(grpc).map_err(ServeError::Runtime)?;
-                serve(handle, http, grpc, stop_signal(stopped)).await
-            });
-            // However the first thread ended, the others stop too.
-            stop.send_replace(true);
-            for thread in others {
-                match thread.join() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => tracing::error!(%err, "a router thread failed"),
-                    Err(_) => tracing::error!("a router thread panicked"),
-                }
-            }
-            result
+                serve(handle, http, grpc, shutdown).await
+            })
         })
         .map_err(ServeError::Runtime)
 }
