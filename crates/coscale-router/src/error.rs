@@ -1,5 +1,6 @@
 //! [`RouteError`]: everything the router itself can answer with, and its one mapping to an HTTP
-//! status + V2 error body (`{"error": "..."}`, `Content-Type: application/json`) and to a gRPC status.
+//! status (the REST front end sends it with a V2 error body, `{"error": "..."}`) and to a gRPC
+//! status.
 
 use http::StatusCode;
 
@@ -38,6 +39,14 @@ pub enum RouteError {
         replica: String,
         detail: String,
     },
+    /// The replica's answer broke off or could not be read (not retried: the replica has the
+    /// request).
+    #[error("model {model}: replica {replica} sent a broken answer: {detail}")]
+    UpstreamBroken {
+        model: String,
+        replica: String,
+        detail: String,
+    },
     /// The RPC or path is not served by the router.
     #[error("{0}")]
     Unimplemented(String),
@@ -54,7 +63,9 @@ impl RouteError {
             | RouteError::BadBody(_) => StatusCode::BAD_REQUEST,
             RouteError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RouteError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            RouteError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            RouteError::UpstreamFailed { .. } | RouteError::UpstreamBroken { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             RouteError::Unimplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
@@ -63,9 +74,9 @@ impl RouteError {
     pub fn grpc_code(&self) -> tonic::Code {
         match self {
             RouteError::UnknownModel(_) => tonic::Code::NotFound,
-            RouteError::NoAvailableReplica(_) | RouteError::UpstreamFailed { .. } => {
-                tonic::Code::Unavailable
-            }
+            RouteError::NoAvailableReplica(_)
+            | RouteError::UpstreamFailed { .. }
+            | RouteError::UpstreamBroken { .. } => tonic::Code::Unavailable,
             RouteError::InvalidModelName(_)
             | RouteError::MissingModelName
             | RouteError::BadBody(_) => tonic::Code::InvalidArgument,

@@ -513,21 +513,23 @@ enum Failure {
 
 impl Failure {
     fn error(self, handle: &RouterHandle, replica: &Replica) -> RouteError {
-        let detail = match self {
-            Failure::TimedOut => {
-                return RouteError::UpstreamTimeout {
-                    model: replica.model.clone(),
-                    replica: replica.label(),
-                    timeout_ms: handle.config().request_timeout.as_millis(),
-                }
-            }
-            Failure::NoAnswer(detail) => detail,
-            Failure::Broken(detail) => format!("the answer broke off: {detail}"),
-        };
-        RouteError::UpstreamFailed {
-            model: replica.model.clone(),
-            replica: replica.label(),
-            detail,
+        let (model, label) = (replica.model.clone(), replica.label());
+        match self {
+            Failure::TimedOut => RouteError::UpstreamTimeout {
+                model,
+                replica: label,
+                timeout_ms: handle.config().request_timeout.as_millis(),
+            },
+            Failure::NoAnswer(detail) => RouteError::UpstreamFailed {
+                model,
+                replica: label,
+                detail,
+            },
+            Failure::Broken(detail) => RouteError::UpstreamBroken {
+                model,
+                replica: label,
+                detail,
+            },
         }
     }
 }

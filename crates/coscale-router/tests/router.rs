@@ -606,29 +606,45 @@ async fn a_single_refusing_replica_gives_502_with_a_v2_error_body() {
     router.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_replica_answering_500_is_not_retried_and_its_answer_passes_through() {
-    let (failing, http_f, grpc_f) = start_agent("failing", Mode::Fail500).await;
-    let (healthy, http_h, grpc_h) = start_agent("healthy", Mode::Ok).await;
+/// Model `m` on a bad replica and a healthy fake agent; two requests, which round-robin among
+/// idle replicas puts on one replica each. Returns the healthy agent, the router, and the
+/// answer with `status` followed by the other one.
+async fn two_requests_over_a_bad_and_a_healthy_replica(
+    bad: (SocketAddr, SocketAddr),
+    status: u16,
+) -> (
+    Arc<FakeAgent>,
+    TestRouter,
+    reqwest::Response,
+    reqwest::Response,
+) {
+    let (healthy, http, grpc) = start_agent("healthy", Mode::Ok).await;
     let router = TestRouter::start(
         RouterConfig::default(),
         table(vec![(
             "m",
             vec![
-                endpoint("s", 0, 1, http_f, grpc_f),
-                endpoint("s", 1, 1, http_h, grpc_h),
+                endpoint("s", 0, 1, bad.0, bad.1),
+                endpoint("s", 1, 1, http, grpc),
             ],
         )]),
     )
     .await;
-    // Round-robin among idle replicas: one of two consecutive requests hits the failing one.
     let first = router.infer("/v2/models/m/infer").await;
     let second = router.infer("/v2/models/m/infer").await;
-    let (failed, _) = if first.status() == 500 {
+    let (failed, other) = if first.status() == status {
         (first, second)
     } else {
         (second, first)
     };
+    (healthy, router, failed, other)
+}
+
+#[tokio::test]
+async fn a_replica_answering_500_is_not_retried_and_its_answer_passes_through() {
+    let (failing, http_f, grpc_f) = start_agent("failing", Mode::Fail500).await;
+    let (healthy, router, failed, _) =
+        two_requests_over_a_bad_and_a_healthy_replica((http_f, grpc_f), 500).await;
     assert_v2_error(failed, 500, "boom").await;
     assert_eq!(failing.seen().len(), 1);
     assert_eq!(healthy.seen().len(), 1);
@@ -1206,9 +1222,11 @@ async fn an_early_error_drains_a_small_body_and_the_connection_serves_the_next_r
     router.shutdown().await;
 }
 
-/// A replica that answers one request per connection and then closes it without saying so
-/// (as a server restarting or timing out idle connections does).
-async fn one_answer_per_connection_replica() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// A replica that answers one request per connection with `answer` and then closes it without
+/// saying so (as a server restarting or timing out idle connections does).
+async fn one_answer_per_connection_replica(
+    answer: &'static [u8],
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1230,9 +1248,7 @@ async fn one_answer_per_connection_replica() -> (SocketAddr, Arc<std::sync::atom
                         _ => return,
                     }
                 }
-                let _ = socket
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
-                    .await;
+                let _ = socket.write_all(answer).await;
             });
         }
     });
@@ -1241,7 +1257,10 @@ async fn one_answer_per_connection_replica() -> (SocketAddr, Arc<std::sync::atom
 
 #[tokio::test]
 async fn a_kept_connection_the_replica_closed_is_replaced_without_an_error_or_a_retry_elsewhere() {
-    let (addr, connections) = one_answer_per_connection_replica().await;
+    let (addr, connections) = one_answer_per_connection_replica(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await;
     let router = TestRouter::start(
         RouterConfig::default(),
         table(vec![("m", vec![endpoint("s", 0, 1, addr, addr)])]),
@@ -1364,5 +1383,22 @@ async fn idle_and_slow_clients_are_cut_off_after_the_client_timeout() {
     assert!(String::from_utf8_lossy(&answer.body).contains("within 300 ms"));
     assert!(slow_body.closed().await);
     assert!(agent.seen().is_empty());
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_off_gives_502_and_is_not_retried() {
+    let (broken, _) =
+        one_answer_per_connection_replica(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
+            .await;
+    let (healthy, router, failed, ok) =
+        two_requests_over_a_bad_and_a_healthy_replica((broken, broken), 502).await;
+    assert_eq!(ok.status(), 200);
+    assert_v2_error(failed, 502, "replica s/0 sent a broken answer").await;
+    assert_eq!(healthy.seen().len(), 1, "the broken answer was not retried");
+    assert_eq!(
+        metric_value(&router.metrics().await, "coscale_router_retries_total"),
+        Some(0.0)
+    );
     router.shutdown().await;
 }
