@@ -72,6 +72,9 @@ pub struct EventRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelStatus {
     pub name: String,
+    /// The namespace of the manifest that defined it (Kubernetes: the Model's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub version: u32,
     /// `ModelAvailable`, `ModelProgressing`, `ScheduleFailed`, `ModelFailed`, `ModelScaledDown`,
     /// `ModelTerminating`.

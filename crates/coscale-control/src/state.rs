@@ -1078,6 +1078,7 @@ impl State {
         }
         Some(ModelStatus {
             name: rec.model.name.to_string(),
+            namespace: rec.model.meta.namespace.clone(),
             version: rec.version,
             state: state.to_owned(),
             reason,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coscale_api::rest::ManifestRequest;
+use coscale_api::rest::{ManifestRequest, ModelStatus as ModelStatusApi};
 use coscale_core::resources::Resource;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -162,6 +162,13 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
         .find_model(&name)
         .await
         .map_err(Error::Control)?;
+    if let Some(owner) = other_namespace(known.as_ref(), model) {
+        let msg = format!(
+            "a Model named {name} already exists in namespace {owner}; coscale's model names are cluster-wide, so this one is not applied (rename it, or delete the other)"
+        );
+        model_failed(api, model, "NameTaken", &msg).await?;
+        return Ok(Action::requeue(ctx.resync));
+    }
     if known.is_none() || applied != generation {
         let src = spec::source("Model", &model.metadata);
         let body = spec::manifest("Model", &model.metadata, &model.spec.fields);
@@ -193,16 +200,28 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
     Ok(Action::requeue(ctx.resync))
 }
 
+/// The namespace of the control plane's model of that name, when a Model of another namespace
+/// defined it (model names are cluster-wide in coscale, namespaced in Kubernetes).
+fn other_namespace<'a>(known: Option<&'a ModelStatusApi>, model: &Model) -> Option<&'a str> {
+    let ours = namespace_of(model);
+    known
+        .and_then(|k| k.namespace.as_deref())
+        .filter(|owner| *owner != ours)
+}
+
 async fn cleanup_model(model: &Model, ctx: &Context) -> Result<Action, Error> {
     let name = model.name_any();
-    if ctx
+    let known = ctx
         .control
         .find_model(&name)
         .await
-        .map_err(Error::Control)?
-        .is_none()
-    {
+        .map_err(Error::Control)?;
+    if known.is_none() {
         info!(model = %name, "gone from the control plane; finalizer removed");
+        return Ok(Action::await_change());
+    }
+    if let Some(owner) = other_namespace(known.as_ref(), model) {
+        info!(model = %name, owner, "the control plane's model belongs to another namespace; finalizer removed, model left alone");
         return Ok(Action::await_change());
     }
     let src = spec::source("Model", &model.metadata);

@@ -506,6 +506,16 @@ fn model_cr(extra_meta: Value) -> Model {
 
 const MODELS: &str = "/apis/mlops.seldon.io/v1alpha1/namespaces/ns1/models/iris";
 
+/// The one call of a pass that only writes the Model's status.
+fn status_only(model: &Model) -> Vec<Expect> {
+    let json_cr = serde_json::to_value(model).unwrap();
+    vec![expect(
+        "PATCH",
+        &format!("{MODELS}/status?{SSA}"),
+        with_status(json_cr),
+    )]
+}
+
 #[tokio::test]
 async fn a_new_model_gets_the_finalizer_first() {
     let cp = control_plane().await;
@@ -534,12 +544,7 @@ async fn model_status_carries_the_control_planes_state_and_reason() {
     let cp = control_plane().await;
     let (ctx, handle) = context(cp.client.clone());
     let model = model_cr(json!({"finalizers": [FINALIZER]}));
-    let json_cr = serde_json::to_value(&model).unwrap();
-    let script = vec![expect(
-        "PATCH",
-        &format!("{MODELS}/status?{SSA}"),
-        with_status(json_cr),
-    )];
+    let script = status_only(&model);
     let (result, bodies) = run(handle, script, reconcile_model(Arc::new(model), ctx)).await;
     assert!(result.is_ok(), "{result:?}");
     let status = &bodies[0]["status"];
@@ -575,12 +580,7 @@ async fn an_invalid_model_is_reported_in_its_status_and_never_applied() {
     let mut model = model_cr(json!({"finalizers": [FINALIZER]}));
     model.spec.fields.insert("replicas".into(), json!(5));
     model.spec.fields.insert("maxReplicas".into(), json!(2));
-    let json_cr = serde_json::to_value(&model).unwrap();
-    let script = vec![expect(
-        "PATCH",
-        &format!("{MODELS}/status?{SSA}"),
-        with_status(json_cr),
-    )];
+    let script = status_only(&model);
     let (result, bodies) = run(handle, script, reconcile_model(Arc::new(model), ctx)).await;
     assert!(
         matches!(&result, Ok(a) if *a == Action::await_change()),
@@ -733,4 +733,53 @@ async fn deleting_a_server_drains_it_before_the_finalizer_goes() {
     assert_eq!(all_calls[0].0, format!("GET {sts_path}"));
     let servers = cp.client.servers().await.unwrap();
     assert!(servers.iter().all(|s| s.name != "mlserver"), "{servers:?}");
+}
+
+/// Model names are cluster-wide in coscale: a Model named like one another namespace already
+/// defined is refused in its status, never applied over the other, and deleting it removes
+/// only its own finalizer.
+#[tokio::test]
+async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves_that_one() {
+    let cp = control_plane().await;
+    cp.apply(
+        json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
+        "metadata": {"name": "iris", "namespace": "team-a"},
+        "spec": {"storageUri": "gs://team-a/iris"}}),
+    )
+    .await;
+    let model = model_cr(json!({"finalizers": [FINALIZER]}));
+    let script = status_only(&model);
+    let (ctx, handle) = context(cp.client.clone());
+    let (result, bodies) = run(handle, script, reconcile_model(Arc::new(model), ctx)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let c = &bodies[0]["status"]["conditions"][0];
+    assert_eq!(c["reason"], "NameTaken", "{c}");
+    assert!(
+        c["message"].as_str().unwrap().contains("namespace team-a"),
+        "{c}"
+    );
+    let kept = cp.client.model("iris").await.unwrap();
+    assert_eq!(kept.namespace.as_deref(), Some("team-a"));
+    assert_eq!(kept.storage_uri, "gs://team-a/iris");
+
+    let deleted =
+        model_cr(json!({"finalizers": [FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}));
+    let script = vec![expect("PATCH", MODELS, |patch| {
+        assert!(
+            patch.to_string().contains("/metadata/finalizers"),
+            "{patch}"
+        );
+        let answer = json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
+            "metadata": {"name": "iris", "namespace": NS}, "spec": {}});
+        (200, answer)
+    })];
+    let (ctx, handle) = context(cp.client.clone());
+    let (result, _) = run(handle, script, reconcile_model(Arc::new(deleted), ctx)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let still = cp.client.find_model("iris").await.unwrap();
+    assert_eq!(
+        still.and_then(|m| m.namespace),
+        Some("team-a".to_owned()),
+        "the other namespace's model is left alone"
+    );
 }
