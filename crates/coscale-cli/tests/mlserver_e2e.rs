@@ -408,13 +408,57 @@ fn running(pid: u32) -> bool {
 }
 
 /// An MLServer the test runs itself on `ports` (REST, gRPC, metrics), serving `repo`, as
-/// a Kubernetes sidecar container runs beside the agent.
-fn sidecar(cmd: &Path, repo: &Path, ports: (u16, u16, u16)) -> std::process::Child {
-    mlserver::serve_command(cmd, repo, ports)
+/// a Kubernetes sidecar container runs beside the agent; returned once it is ready. `None` if
+/// it exited first: the free ports are not reserved, so another test's MLServer may have taken
+/// one meanwhile (its log then says "Failed to bind").
+async fn sidecar(cmd: &Path, repo: &Path, ports: (u16, u16, u16)) -> Option<std::process::Child> {
+    let mut child = mlserver::serve_command(cmd, repo, ports)
         .unwrap()
         .0
         .spawn()
-        .unwrap()
+        .unwrap();
+    let ready = format!("http://127.0.0.1:{}/v2/health/ready", ports.0);
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        if client
+            .get(&ready)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Some(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "the sidecar MLServer was not ready within 180 s (log in {})",
+        repo.display()
+    );
+}
+
+/// [`sidecar`] on the first of up to five sets of `ports` that works (the same set each time
+/// when `ports` always gives it).
+async fn sidecar_on(
+    cmd: &Path,
+    repo: &Path,
+    mut ports: impl FnMut() -> (u16, u16, u16),
+) -> (std::process::Child, (u16, u16, u16)) {
+    for _ in 0..5 {
+        let chosen = ports();
+        if let Some(child) = sidecar(cmd, repo, chosen).await {
+            return (child, chosen);
+        }
+    }
+    panic!(
+        "the sidecar MLServer could not bind its ports five times (log in {})",
+        repo.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,9 +469,8 @@ async fn an_agent_attached_to_a_sidecar_mlserver_reloads_its_model_after_the_sid
     let repo = tmp.join("models");
     std::fs::create_dir_all(&repo).unwrap();
     let port = || mlserver::free_port().unwrap();
-    let ports = (port(), port(), port());
+    let (mut sidecar_proc, ports) = sidecar_on(&cmd, &repo, || (port(), port(), port())).await;
     let url = format!("http://127.0.0.1:{}", ports.0);
-    let mut sidecar_proc = sidecar(&cmd, &repo, ports);
     let repo_text = repo.display().to_string();
     // As in a pod: the agent container gets COSCALE_MLSERVER_URL and COSCALE_MODELS_DIR.
     let up = Up::start_env(
@@ -470,7 +513,7 @@ async fn an_agent_attached_to_a_sidecar_mlserver_reloads_its_model_after_the_sid
     )
     .await;
     // ... and when the sidecar is back (same port, same folder), the agent reloads it.
-    sidecar_proc = sidecar(&cmd, &repo, ports);
+    sidecar_proc = sidecar_on(&cmd, &repo, || ports).await.0;
     // (the restarted sidecar has reloaded it)
     up.wait_available_within("iris", 1, Duration::from_secs(180))
         .await;
