@@ -177,12 +177,13 @@ fn fields_of(base: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>
         .collect()
 }
 
-/// Not complete, or complete and too long: more than [`MAX_HEAD_BYTES`] received is too large.
-fn partial_or_too_large(buf: &BytesMut) -> Result<Option<usize>, HeadError> {
-    if buf.len() > MAX_HEAD_BYTES {
-        Err(HeadError::TooLarge)
-    } else {
-        Ok(None)
+/// The length of a parsed head: `None` while it is incomplete; an error once more than
+/// [`MAX_HEAD_BYTES`] arrived without a head of at most that size.
+fn head_len(status: httparse::Status<usize>, buf: &BytesMut) -> Result<Option<usize>, HeadError> {
+    match status {
+        httparse::Status::Complete(len) if len <= MAX_HEAD_BYTES => Ok(Some(len)),
+        _ if buf.len() > MAX_HEAD_BYTES => Err(HeadError::TooLarge),
+        _ => Ok(None),
     }
 }
 
@@ -198,9 +199,8 @@ fn head_error(err: httparse::Error) -> HeadError {
 pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf).map_err(head_error)? {
-        httparse::Status::Complete(len) if len <= MAX_HEAD_BYTES => len,
-        _ => return partial_or_too_large(buf).map(|_| None),
+    let Some(len) = head_len(request.parse(buf).map_err(head_error)?, buf)? else {
+        return Ok(None);
     };
     let method = offsets(buf, request.method.unwrap_or_default().as_bytes());
     let target = offsets(buf, request.path.unwrap_or_default().as_bytes());
@@ -219,9 +219,8 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, H
 pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf).map_err(head_error)? {
-        httparse::Status::Complete(len) if len <= MAX_HEAD_BYTES => len,
-        _ => return partial_or_too_large(buf).map(|_| None),
+    let Some(len) = head_len(response.parse(buf).map_err(head_error)?, buf)? else {
+        return Ok(None);
     };
     let status = response.code.unwrap_or_default();
     let minor = response.version.unwrap_or(1);
