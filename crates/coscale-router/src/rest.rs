@@ -188,7 +188,8 @@ async fn next_head(
                 // Closed, failed or too slow; a half-received head gets no answer.
                 _ => return Ok(None),
             },
-            () = stop_signal(stopped.clone()), if idle => return Ok(None),
+            // Stopping, or the sender is gone (which means the same).
+            _ = stopped.wait_for(|stop| *stop), if idle => return Ok(None),
         }
         if idle {
             deadline = Instant::now() + client.timeout;
