@@ -191,6 +191,11 @@ pub async fn run(
     };
     let http = TcpListener::bind(config.http_addr).await?;
     let grpc = TcpListener::bind(config.grpc_addr).await?;
+    // Bound before anything is spawned, so that a bad path fails the start cleanly.
+    let unix = match &config.rest_socket {
+        Some(path) => Some((bind_rest_socket(path)?, path.clone())),
+        None => None,
+    };
     let host = config.advertise_host.as_deref();
     let http_addr = advertised(http.local_addr()?, host, "the REST data plane").await?;
     let grpc_addr = advertised(grpc.local_addr()?, host, "the gRPC data plane").await?;
@@ -203,28 +208,24 @@ pub async fn run(
     let rest = dataplane::rest_app(dp.clone(), config.body_limit);
     let http_task = tokio::spawn({
         let rx = stop_rx.clone();
+        let rest = rest.clone();
         async move {
             axum::serve(http, rest)
                 .with_graceful_shutdown(stopped(rx))
                 .await
         }
     });
-    let socket_task = match &config.rest_socket {
-        None => None,
-        Some(path) => {
-            let unix = bind_rest_socket(path)?;
-            let rx = stop_rx.clone();
-            let rest = dataplane::rest_app(dp.clone(), config.body_limit);
-            let path = path.clone();
-            Some(tokio::spawn(async move {
-                let served = axum::serve(unix, rest)
-                    .with_graceful_shutdown(stopped(rx))
-                    .await;
-                let _ = std::fs::remove_file(&path);
-                served
-            }))
-        }
-    };
+    let socket_task = unix.map(|(unix, path)| {
+        let rx = stop_rx.clone();
+        let rest = rest.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(unix, rest)
+                .with_graceful_shutdown(stopped(rx))
+                .await;
+            let _ = std::fs::remove_file(&path);
+            served
+        })
+    });
     let grpc_task = tokio::spawn({
         let rx = stop_rx.clone();
         let svc = dataplane::grpc_service(dp.clone(), config.body_limit);
