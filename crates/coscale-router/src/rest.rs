@@ -661,9 +661,10 @@ fn answer_reply(answer: Answer, head_request: bool) -> Reply {
         }
     }
     if !wrap {
-        let head_length = head
-            .fields
-            .get("content-length")
+        // Only a HEAD answer announces a length it does not carry.
+        let head_length = head_request
+            .then(|| head.fields.get("content-length"))
+            .flatten()
             .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
         return Reply {
             status: head.status,
