@@ -149,7 +149,7 @@ pub async fn advertised(
 /// Binds the REST data plane's Unix socket at `path`: a socket file left there by an agent that
 /// did not stop cleanly is replaced; any other file is an error. The socket is private to the
 /// user (mode 0600).
-fn bind_rest_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+fn bind_rest_socket(path: &std::path::Path) -> anyhow::Result<RestSocket> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
@@ -164,7 +164,32 @@ fn bind_rest_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixLi
         .with_context(|| format!("cannot listen on the REST socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot make {} private", path.display()))?;
-    Ok(listener)
+    Ok(RestSocket(listener))
+}
+
+/// The REST data plane's Unix socket. Its connections are [`coscale_net::UnixConn`]s, which the
+/// reactor watches for readability only: with tokio's own stream the agent would wake once more
+/// per answer, when the router reads it.
+struct RestSocket(tokio::net::UnixListener);
+
+impl axum::serve::Listener for RestSocket {
+    type Io = coscale_net::UnixConn;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // axum's accept loop for Unix listeners (it logs and backs off on errors).
+            let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+            match coscale_net::UnixConn::from_tokio(stream) {
+                Ok(conn) => return (conn, addr),
+                Err(e) => warn!("dropped a connection on the REST socket: {e}"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }
 
 /// Runs an agent until it is drained, shut down, or loses its control plane.

@@ -17,8 +17,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use coscale_net::UnixConn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 
 use crate::h1::{self, Framing, ResponseHead};
 
@@ -26,7 +27,7 @@ use crate::h1::{self, Framing, ResponseHead};
 #[derive(Debug)]
 enum Stream {
     Tcp(TcpStream),
-    Unix(UnixStream),
+    Unix(UnixConn),
 }
 
 impl AsyncRead for Stream {
@@ -91,7 +92,7 @@ impl Upstream {
     ) -> io::Result<Self> {
         let connect = async {
             Ok::<_, io::Error>(match socket {
-                Some(path) => Stream::Unix(UnixStream::connect(path).await?),
+                Some(path) => Stream::Unix(UnixConn::connect(path).await?),
                 None => {
                     let tcp = TcpStream::connect(addr).await?;
                     tcp.set_nodelay(true)?;
