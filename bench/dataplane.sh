@@ -8,7 +8,10 @@
 # (direct: runtime; nginx: nginx master+worker + runtime; coscale: `coscale up` + agent).
 #
 # Usage: bench/dataplane.sh [--out FILE] [--duration SECONDS] [--conns "1 8 64"]
-#                           [--models "iris iris-mlp"] [--warmup SECONDS]
+#                           [--models "iris iris-mlp"] [--warmup SECONDS] [--rounds N]
+# With --rounds N the whole interleaved sweep runs N times and every figure is the median over
+# the rounds (hop, +p50 and % of direct are taken per round, against that round's direct run,
+# before the median); the targets table also says in how many rounds each target was met.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -17,6 +20,7 @@ CMD="bench/dataplane.sh"
 (($# == 0)) || CMD+="$(printf ' %q' "$@")"
 DURATION=10
 WARMUP=2
+ROUNDS=1
 CONNS="1 8 64"
 MODELS="iris iris-mlp"
 OUT="$BENCH_ROOT/bench/results/dataplane-$(date +%Y%m%d-%H%M%S).md"
@@ -27,7 +31,8 @@ while (($#)); do
         --warmup) WARMUP="$2"; shift 2 ;;
         --conns) CONNS="$2"; shift 2 ;;
         --models) MODELS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) bench_die "unknown argument $1 (see --help)" ;;
     esac
 done
@@ -159,6 +164,7 @@ run_wrk() { # target model conns seconds → RESULT line
     wrk -t "$threads" -c "$3" -d "${4}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
         "${URL[$1]}/v2/models/$2/infer" | grep '^RESULT'
 }
+for round in $(seq 1 "$ROUNDS"); do
 for model in $MODELS; do
     for t in $TARGETS; do
         run_wrk "$t" "$model" 8 "$WARMUP" >/dev/null
@@ -174,46 +180,94 @@ for model in $MODELS; do
             after="$(bench_cpu_ticks ${PIDS[$t]})"
             # shellcheck disable=SC2086
             agent_after="$(bench_cpu_ticks ${AGENT_PIDS[*]})"
-            bench_log "$model c=$c $t: $line cpu_ticks=$((after - before))"
+            bench_log "round $round/$ROUNDS $model c=$c $t: $line cpu_ticks=$((after - before))"
             # RESULT requests= duration_us= rps= p50_us= p99_us= mean_us= errors= non2xx=
             # (last column: the agent's own ticks, the part of coscale's that is not the router)
-            awk -v m="$model" -v t="$t" -v c="$c" -v ticks="$((after - before))" -v aticks="$((agent_after - agent_before))" '{
+            awk -v m="$model" -v t="$t" -v c="$c" -v r="$round" -v ticks="$((after - before))" -v aticks="$((agent_after - agent_before))" '{
                 for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-                print m, t, c, v["requests"], v["rps"], v["p50_us"], v["p99_us"], v["errors"], v["non2xx"], ticks, aticks
+                print m, t, c, v["requests"], v["rps"], v["p50_us"], v["p99_us"], v["errors"], v["non2xx"], ticks, aticks, r
             }' OFS='\t' <<<"$line" >>"$RAW"
         done
     done
 done
+done
 
-# Tables: per run, then the targets. Hop = proxied − direct, for CPU/request and for p50.
+# Tables: per cell, then the targets. Hop = proxied − direct, for CPU/request and for p50, taken
+# per round against that round's direct run; every figure is the median over the rounds.
 report() {
     bench_header "Data-plane benchmark" "$CMD"
     printf 'wrk %s, %s s per run (+%s s warm-up per target and model), threads = min(conns, 2), ' \
         "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$DURATION" "$WARMUP"
     printf 'nginx %s (1 worker, keepalive upstream), nothing pinned, CLK_TCK %s.\n\n' \
         "$(nginx -v 2>&1 | sed 's|.*/||')" "$CLK_TCK"
+    if ((ROUNDS > 1)); then
+        printf '%s rounds, each running every cell with the three targets back to back; each figure is the median over the rounds (hop, +p50 and %% of direct taken per round first).\n\n' "$ROUNDS"
+    fi
     printf '%s\n\n' "${IDLE_NOTE%;}."
     awk -F'\t' -v hz="$CLK_TCK" '
+    # median of a[1..n]
+    function median(a, n,    i, j, x) {
+        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    # median over the rounds of metric m of cell/target k (m: rps p50 p99 cpu acpu hop add pct)
+    function med(m, k,    r, n, a) {
+        n = 0
+        for (r = 1; r <= rounds; r++) if ((m, k, r) in v) a[++n] = v[m, k, r]
+        return n ? median(a, n) : 0
+    }
+    # rounds in which coscale met a target: check on per-round values
+    function met_hop(cell,    r, n) {
+        for (r = 1; r <= rounds; r++)
+            if ((("hop", cell SUBSEP "coscale", r) in v) && v["hop", cell SUBSEP "coscale", r] <= v["hop", cell SUBSEP "nginx", r]) n++
+        return n + 0
+    }
+    function met_add(cell,    r, n) {
+        for (r = 1; r <= rounds; r++)
+            if ((("add", cell SUBSEP "coscale", r) in v) && v["add", cell SUBSEP "coscale", r] <= 1.25 * v["add", cell SUBSEP "nginx", r]) n++
+        return n + 0
+    }
+    function met_pct(cell,    r, n) {
+        for (r = 1; r <= rounds; r++)
+            if ((("pct", cell SUBSEP "coscale", r) in v) && v["pct", cell SUBSEP "coscale", r] >= 85) n++
+        return n + 0
+    }
     {
-        k = $1 SUBSEP $3 SUBSEP $2
-        rps[k] = $5; p50[k] = $6; p99[k] = $7; err[k] = $8 + $9
-        cpu[k] = $4 > 0 ? $10 * 1e6 / hz / $4 : 0
-        acpu[k] = $4 > 0 ? $11 * 1e6 / hz / $4 : 0
+        k = $1 SUBSEP $3 SUBSEP $2; r = $12
+        if (r > rounds) rounds = r
+        v["rps", k, r] = $5; v["p50", k, r] = $6; v["p99", k, r] = $7; err[k] += $8 + $9
+        v["cpu", k, r] = $4 > 0 ? $10 * 1e6 / hz / $4 : 0
+        v["acpu", k, r] = $4 > 0 ? $11 * 1e6 / hz / $4 : 0
         if (!seen[$1 SUBSEP $3]++) order[++n] = $1 SUBSEP $3
     }
     END {
+        split("direct nginx coscale", T, " ")
+        # per-round differences against the same round'"'"'s direct run
+        for (i = 1; i <= n; i++) {
+            d = order[i] SUBSEP "direct"
+            for (j = 2; j <= 3; j++) {
+                k = order[i] SUBSEP T[j]
+                for (r = 1; r <= rounds; r++) {
+                    if (!(("rps", k, r) in v) || !(("rps", d, r) in v)) continue
+                    v["hop", k, r] = v["cpu", k, r] - v["cpu", d, r]
+                    v["add", k, r] = v["p50", k, r] - v["p50", d, r]
+                    v["pct", k, r] = 100 * v["rps", k, r] / v["rps", d, r]
+                    if (j == 3) v["extra", k, r] = v["acpu", k, r] - v["cpu", d, r]
+                }
+            }
+        }
         print "| model | conns | target | req/s | % of direct | p50 (µs) | p99 (µs) | +p50 vs direct (µs) | CPU/req (µs) | hop CPU/req (µs) | errors |"
         print "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-        split("direct nginx coscale", T, " ")
         for (i = 1; i <= n; i++) {
-            split(order[i], mc, SUBSEP); d = order[i] SUBSEP "direct"
+            split(order[i], mc, SUBSEP)
             for (j = 1; j <= 3; j++) {
                 k = order[i] SUBSEP T[j]
-                if (!(k in rps)) continue
-                hop = j == 1 ? "–" : sprintf("%.1f", cpu[k] - cpu[d])
-                add = j == 1 ? "–" : sprintf("%+.0f", p50[k] - p50[d])
+                if (!(("rps", k, 1) in v)) continue
+                pct = j == 1 ? 100 : med("pct", k)
+                hop = j == 1 ? "–" : sprintf("%.1f", med("hop", k))
+                add = j == 1 ? "–" : sprintf("%+.0f", med("add", k))
                 printf "| %s | %s | %s | %.0f | %.0f %% | %.0f | %.0f | %s | %.1f | %s | %d |\n",
-                    mc[1], mc[2], T[j], rps[k], 100 * rps[k] / rps[d], p50[k], p99[k], add, cpu[k], hop, err[k]
+                    mc[1], mc[2], T[j], med("rps", k), pct, med("p50", k), med("p99", k), add, med("cpu", k), hop, err[k]
             }
         }
         print ""
@@ -223,31 +277,33 @@ report() {
         print "|---|---:|---:|---:|---:|---:|"
         for (i = 1; i <= n; i++) {
             split(order[i], mc, SUBSEP); d = order[i] SUBSEP "direct"; c = order[i] SUBSEP "coscale"
-            if (!(c in rps) || !(d in rps)) continue
-            printf "| %s | %s | %.1f | %.1f | %.1f | %+.1f |\n", mc[1], mc[2], cpu[c] - acpu[c], acpu[c], cpu[d], acpu[c] - cpu[d]
+            if (!(("rps", c, 1) in v) || !(("rps", d, 1) in v)) continue
+            for (r = 1; r <= rounds; r++) if (("cpu", c, r) in v) v["router", c, r] = v["cpu", c, r] - v["acpu", c, r]
+            printf "| %s | %s | %.1f | %.1f | %.1f | %+.1f |\n", mc[1], mc[2], med("router", c), med("acpu", c), med("cpu", d), med("extra", c)
         }
         print ""
-        print "Targets (coscale vs nginx, same run):"
+        print "Targets (coscale vs nginx, same run" (rounds > 1 ? "; medians, and the rounds in which coscale met the target" : "") "):"
         print ""
-        print "| model | conns | check | coscale | limit | verdict |"
-        print "|---|---:|---|---:|---:|---|"
+        print "| model | conns | check | coscale | limit | verdict |" (rounds > 1 ? " rounds met |" : "")
+        print "|---|---:|---|---:|---:|---|" (rounds > 1 ? "---:|" : "")
         for (i = 1; i <= n; i++) {
             split(order[i], mc, SUBSEP); d = order[i] SUBSEP "direct"
             x = order[i] SUBSEP "nginx"; c = order[i] SUBSEP "coscale"
-            if (!(x in rps) || !(c in rps)) continue
-            hc = cpu[c] - cpu[d]; hx = cpu[x] - cpu[d]
-            printf "| %s | %s | hop CPU/req ≤ nginx hop | %.1f µs | %.1f µs | %s |\n",
-                mc[1], mc[2], hc, hx, (hc <= hx ? "met" : "not met")
+            if (!(("rps", x, 1) in v) || !(("rps", c, 1) in v)) continue
+            hc = med("hop", c); hx = med("hop", x)
+            printf "| %s | %s | hop CPU/req ≤ nginx hop | %.1f µs | %.1f µs | %s |%s\n",
+                mc[1], mc[2], hc, hx, (hc <= hx ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", met_hop(order[i]), rounds) : "")
             if (mc[2] == 1) {
-                ac = p50[c] - p50[d]; ax = p50[x] - p50[d]
-                printf "| %s | 1 | added p50 ≤ 1.25 × nginx added p50 | %.0f µs | %.0f µs | %s |\n",
-                    mc[1], ac, 1.25 * ax, (ac <= 1.25 * ax ? "met" : "not met")
-                printf "| %s | 1 | p50 ≤ 1.25 × nginx p50 | %.0f µs | %.0f µs | %s |\n",
-                    mc[1], p50[c], 1.25 * p50[x], (p50[c] <= 1.25 * p50[x] ? "met" : "not met")
+                ac = med("add", c); ax = med("add", x)
+                printf "| %s | 1 | added p50 ≤ 1.25 × nginx added p50 | %.0f µs | %.0f µs | %s |%s\n",
+                    mc[1], ac, 1.25 * ax, (ac <= 1.25 * ax ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", met_add(order[i]), rounds) : "")
+                printf "| %s | 1 | p50 ≤ 1.25 × nginx p50 | %.0f µs | %.0f µs | %s |%s\n",
+                    mc[1], med("p50", c), 1.25 * med("p50", x), (med("p50", c) <= 1.25 * med("p50", x) ? "met" : "not met"), (rounds > 1 ? " |" : "")
             }
             if (mc[1] == "iris-mlp") {
-                printf "| %s | %s | req/s ≥ 85 %% of direct | %.0f %% | 85 %% | %s |\n",
-                    mc[1], mc[2], 100 * rps[c] / rps[d], (rps[c] >= 0.85 * rps[d] ? "met" : "not met")
+                pc = med("pct", c)
+                printf "| %s | %s | req/s ≥ 85 %% of direct | %.0f %% | 85 %% | %s |%s\n",
+                    mc[1], mc[2], pc, (pc >= 85 ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", met_pct(order[i]), rounds) : "")
             }
         }
     }' "$RAW"
