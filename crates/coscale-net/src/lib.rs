@@ -115,6 +115,10 @@ impl AsyncRead for UnixConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            // Nothing to read into: not an end of stream, and no reason to wait.
+            return Poll::Ready(Ok(()));
+        }
         loop {
             let mut guard = ready!(this.io.poll_read_ready(cx))?;
             let want = buf.remaining().min(READ_CHUNK);
@@ -247,6 +251,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(n, 0, "a closed peer reads as end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_read_into_a_full_buffer_returns_at_once_without_consuming_anything() {
+        let (mut a, mut b) = pair();
+        let mut empty = [0u8; 0];
+        let n = tokio::time::timeout(DEADLINE, b.read(&mut empty))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        a.write_all(b"kept").await.unwrap();
+        let n = b.read(&mut empty).await.unwrap();
+        assert_eq!(n, 0);
+        let mut buf = [0u8; 4];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"kept");
     }
 
     #[tokio::test]
