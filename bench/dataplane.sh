@@ -32,10 +32,12 @@ while (($#)); do
         --conns) CONNS="$2"; shift 2 ;;
         --models) MODELS="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) bench_die "unknown argument $1 (see --help)" ;;
     esac
 done
+
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || bench_die "--rounds wants a whole number of at least 1, not '$ROUNDS'"
 
 bench_init
 bench_need wrk wrk nginx nginx-light curl curl jq jq
