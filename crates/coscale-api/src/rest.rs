@@ -129,6 +129,9 @@ pub struct ServerReplicaStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerStatus {
     pub name: String,
+    /// The namespace of the manifest that defined it (Kubernetes: the Server's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub server_config: String,
     pub capabilities: Vec<String>,
     pub desired_replicas: u32,

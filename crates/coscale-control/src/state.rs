@@ -1183,6 +1183,7 @@ impl State {
         replicas.sort_by_key(|r| r.replica);
         Some(ServerStatus {
             name: name.to_owned(),
+            namespace: rec.server.meta.namespace.clone(),
             server_config: rec.server.server_config.clone(),
             capabilities: launch.capabilities,
             desired_replicas: desired,

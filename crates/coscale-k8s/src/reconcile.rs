@@ -162,10 +162,8 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
         .find_model(&name)
         .await
         .map_err(Error::Control)?;
-    if let Some(owner) = other_namespace(known.as_ref(), model) {
-        let msg = format!(
-            "a Model named {name} already exists in namespace {owner}; coscale's model names are cluster-wide, so this one is not applied (rename it, or delete the other)"
-        );
+    if let Some(owner) = other_namespace(model_namespace(known.as_ref()), model) {
+        let msg = name_taken("Model", &name, owner);
         model_failed(api, model, "NameTaken", &msg).await?;
         return Ok(Action::requeue(ctx.resync));
     }
@@ -200,13 +198,33 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
     Ok(Action::requeue(ctx.resync))
 }
 
-/// The namespace of the control plane's model of that name, when a Model of another namespace
-/// defined it (model names are cluster-wide in coscale, namespaced in Kubernetes).
-fn other_namespace<'a>(known: Option<&'a ModelStatusApi>, model: &Model) -> Option<&'a str> {
-    let ours = namespace_of(model);
+/// The namespace `owner` whose manifest defined the control plane's model or server of
+/// `obj`'s name, when it is not `obj`'s (model and server names are cluster-wide in coscale,
+/// namespaced in Kubernetes).
+fn other_namespace<'a>(owner: Option<&'a str>, obj: &impl kube::Resource) -> Option<&'a str> {
+    let ours = namespace_of(obj);
+    owner.filter(|owner| *owner != ours)
+}
+
+/// The `NameTaken` message of a Model or Server named like one namespace `owner` defined.
+fn name_taken(kind: &str, name: &str, owner: &str) -> String {
+    let names = kind.to_lowercase();
+    format!(
+        "a {kind} named {name} already exists in namespace {owner}; coscale's {names} names are cluster-wide, so this one is not applied (rename it, or delete the other)"
+    )
+}
+
+/// The namespace of the control plane's model, if a manifest with one defined it.
+fn model_namespace(known: Option<&ModelStatusApi>) -> Option<&str> {
+    known.and_then(|k| k.namespace.as_deref())
+}
+
+/// The namespace in the control plane's record of a Server (`GET /api/v1/servers/NAME`),
+/// if a manifest with one defined it.
+fn server_namespace(known: Option<&Value>) -> Option<&str> {
     known
-        .and_then(|k| k.namespace.as_deref())
-        .filter(|owner| *owner != ours)
+        .and_then(|k| k.get("namespace"))
+        .and_then(Value::as_str)
 }
 
 async fn cleanup_model(model: &Model, ctx: &Context) -> Result<Action, Error> {
@@ -220,7 +238,7 @@ async fn cleanup_model(model: &Model, ctx: &Context) -> Result<Action, Error> {
         info!(model = %name, "gone from the control plane; finalizer removed");
         return Ok(Action::await_change());
     }
-    if let Some(owner) = other_namespace(known.as_ref(), model) {
+    if let Some(owner) = other_namespace(model_namespace(known.as_ref()), model) {
         info!(model = %name, owner, "the control plane's model belongs to another namespace; finalizer removed, model left alone");
         return Ok(Action::await_change());
     }
@@ -310,6 +328,13 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
             return Ok(Action::await_change());
         }
     };
+    let path = format!("/api/v1/servers/{name}");
+    let known: Option<Value> = ctx.control.find_json(&path).await.map_err(Error::Control)?;
+    if let Some(owner) = other_namespace(server_namespace(known.as_ref()), server) {
+        let msg = name_taken("Server", &name, owner);
+        server_failed(api, server, "NameTaken", &msg).await?;
+        return Ok(Action::requeue(ctx.resync));
+    }
     let Some(config_cr) = find_server_config(ctx, &ns, &settings.server_config).await? else {
         let msg = format!("ServerConfig {:?} not found", settings.server_config);
         server_failed(api, server, "ServerConfigNotFound", &msg).await?;
@@ -372,11 +397,7 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let control: Option<Value> = ctx
-        .control
-        .find_json(&format!("/api/v1/servers/{name}"))
-        .await
-        .map_err(Error::Control)?;
+    let control: Option<Value> = ctx.control.find_json(&path).await.map_err(Error::Control)?;
     if let Some(target) = desired::scale_decision(
         settings.scaling,
         control.as_ref().and_then(desired::scale_target),
@@ -418,6 +439,10 @@ async fn cleanup_server(server: &Server, ctx: &Context) -> Result<Action, Error>
     let known: Option<Value> = ctx.control.find_json(&path).await.map_err(Error::Control)?;
     if known.is_none() {
         info!(server = %name, "gone from the control plane; finalizer removed");
+        return Ok(Action::await_change());
+    }
+    if let Some(owner) = other_namespace(server_namespace(known.as_ref()), server) {
+        info!(server = %name, owner, "the control plane's server belongs to another namespace; finalizer removed, server left alone");
         return Ok(Action::await_change());
     }
     let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.kube.clone(), &ns);

@@ -735,6 +735,20 @@ async fn deleting_a_server_drains_it_before_the_finalizer_goes() {
     assert!(servers.iter().all(|s| s.name != "mlserver"), "{servers:?}");
 }
 
+/// The one call of a deletion pass that only removes the finalizer of `kind` `name` (at
+/// `path`).
+fn finalizer_only(path: &str, kind: &'static str, name: &'static str) -> Vec<Expect> {
+    vec![expect("PATCH", path, move |patch| {
+        assert!(
+            patch.to_string().contains("/metadata/finalizers"),
+            "{patch}"
+        );
+        let answer = json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": kind,
+            "metadata": {"name": name, "namespace": NS}, "spec": {}});
+        (200, answer)
+    })]
+}
+
 /// Model names are cluster-wide in coscale: a Model named like one another namespace already
 /// defined is refused in its status, never applied over the other, and deleting it removes
 /// only its own finalizer.
@@ -764,15 +778,7 @@ async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves
 
     let deleted =
         model_cr(json!({"finalizers": [FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}));
-    let script = vec![expect("PATCH", MODELS, |patch| {
-        assert!(
-            patch.to_string().contains("/metadata/finalizers"),
-            "{patch}"
-        );
-        let answer = json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
-            "metadata": {"name": "iris", "namespace": NS}, "spec": {}});
-        (200, answer)
-    })];
+    let script = finalizer_only(MODELS, "Model", "iris");
     let (ctx, handle) = context(cp.client.clone());
     let (result, _) = run(handle, script, reconcile_model(Arc::new(deleted), ctx)).await;
     assert!(result.is_ok(), "{result:?}");
@@ -781,5 +787,66 @@ async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves
         still.and_then(|m| m.namespace),
         Some("team-a".to_owned()),
         "the other namespace's model is left alone"
+    );
+}
+
+/// Server names are cluster-wide in coscale too: a Server named like one another namespace
+/// already defined is refused in its status, never applied over the other (no StatefulSet
+/// or Service of its own either), and deleting it removes only its own finalizer.
+#[tokio::test]
+async fn a_server_name_another_namespace_holds_is_refused_and_its_deletion_leaves_that_one() {
+    let cp = control_plane().await;
+    cp.apply(
+        json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Server",
+        "metadata": {"name": "mlserver", "namespace": "team-a"},
+        "spec": {"serverConfig": "mlserver", "replicas": 2}}),
+    )
+    .await;
+    let server = server_cr(json!({"serverConfig": "mlserver", "replicas": 1}));
+    let json_cr = serde_json::to_value(&server).unwrap();
+    // Only the status is written: no ServerConfig lookup, Service or StatefulSet (any
+    // would fail the test).
+    let script = vec![expect(
+        "PATCH",
+        &format!("{SERVERS}/status?{SSA}"),
+        with_status(json_cr.clone()),
+    )];
+    let (ctx, handle) = context(cp.client.clone());
+    let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
+    assert!(
+        matches!(&result, Ok(a) if *a == Action::requeue(Duration::from_secs(5))),
+        "{result:?}"
+    );
+    let conditions = bodies[0]["status"]["conditions"].as_array().unwrap();
+    for t in ["StatefulSetReady", "Ready"] {
+        let c = conditions.iter().find(|c| c["type"] == t).unwrap();
+        assert_eq!(c["status"], "False", "{c}");
+        assert_eq!(c["reason"], "NameTaken", "{c}");
+        assert!(
+            c["message"].as_str().unwrap().contains("namespace team-a"),
+            "{c}"
+        );
+    }
+    let kept = cp.client.server("mlserver").await.unwrap();
+    assert_eq!(kept.namespace.as_deref(), Some("team-a"));
+    assert_eq!(kept.desired_replicas, 2);
+
+    let mut deleted = json_cr;
+    deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let deleted: Server = serde_json::from_value(deleted).unwrap();
+    // Only the finalizer goes: no StatefulSet scaled to 0.
+    let script = finalizer_only(SERVERS, "Server", "mlserver");
+    let (ctx, handle) = context(cp.client.clone());
+    let (result, _) = run(handle, script, reconcile_server(Arc::new(deleted), ctx)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let still = cp
+        .client
+        .find_json::<Value>("/api/v1/servers/mlserver")
+        .await
+        .unwrap();
+    assert_eq!(
+        still.as_ref().and_then(|s| s["namespace"].as_str()),
+        Some("team-a"),
+        "the other namespace's server is left alone"
     );
 }
