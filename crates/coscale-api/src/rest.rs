@@ -155,6 +155,18 @@ pub struct ServerStatus {
     pub events: Vec<EventRecord>,
 }
 
+/// `GET /api/v1/serverconfigs/NAME`: an applied ServerConfig (the built-in ones are not
+/// records, so a built-in name nobody applied is 404).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerConfigStatus {
+    pub name: String,
+    /// The namespace of the manifest that defined it (Kubernetes: the ServerConfig's
+    /// namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub created_unix_millis: u64,
+}
+
 /// `DIR/endpoints.json`, written by `coscale up`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {

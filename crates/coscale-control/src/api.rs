@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use coscale_api::rest::{
-    ApplyResponse, ErrorResponse, ManifestRequest, ModelStatus, ObjectResult, ServerStatus,
+    ApplyResponse, ErrorResponse, ManifestRequest, ModelStatus, ObjectResult, ServerConfigStatus,
+    ServerStatus,
 };
 use coscale_core::resources::{parse_manifests, Resource};
 use prometheus_client::encoding::text::encode;
@@ -75,7 +76,7 @@ pub fn router(cp: ControlPlane) -> Router {
         )
         .route(
             "/api/v1/serverconfigs/{name}",
-            axum::routing::delete(delete_config),
+            get(get_config).delete(delete_config),
         )
         .route("/api/v1/routes", get(routes))
         .route("/metrics", get(metrics))
@@ -413,6 +414,16 @@ async fn get_server(
         .server_status(&name)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("Server {name:?} not found")))
+}
+
+async fn get_config(
+    AxState(cp): AxState<ControlPlane>,
+    Path(name): Path<String>,
+) -> Result<Json<ServerConfigStatus>, ApiError> {
+    cp.state()
+        .config_status(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("ServerConfig {name:?} not found")))
 }
 
 async fn routes(AxState(cp): AxState<ControlPlane>) -> Json<coscale_api::routing::RoutingTable> {

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 
 use coscale_api::pb::agent::{control_message, ControlMessage, Load, ModelRef, Unload};
 use coscale_api::rest::{
-    EventRecord, ModelReplicaStatus, ModelStatus, ServerReplicaStatus, ServerStatus,
+    EventRecord, ModelReplicaStatus, ModelStatus, ServerConfigStatus, ServerReplicaStatus,
+    ServerStatus,
 };
 use coscale_api::routing::{Endpoint, ModelRoute, RoutingTable};
 use coscale_core::ids::{ModelName, ReplicaIndex, ServerName};
@@ -1203,6 +1204,15 @@ impl State {
             .keys()
             .filter_map(|n| self.server_status(n.as_str()))
             .collect()
+    }
+
+    /// The applied ServerConfig of that name (the built-in ones are not records).
+    pub fn config_status(&self, name: &str) -> Option<ServerConfigStatus> {
+        self.configs.get(name).map(|rec| ServerConfigStatus {
+            name: rec.config.name.clone(),
+            namespace: rec.config.meta.namespace.clone(),
+            created_unix_millis: rec.created_unix_millis,
+        })
     }
 
     /// The routing table: per model the replicas of its latest version that are

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coscale_api::rest::{ManifestRequest, ModelStatus as ModelStatusApi};
+use coscale_api::rest::{ManifestRequest, ModelStatus as ModelStatusApi, ServerConfigStatus};
 use coscale_core::resources::Resource;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -198,9 +198,9 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
     Ok(Action::requeue(ctx.resync))
 }
 
-/// The namespace `owner` whose manifest defined the control plane's model or server of
-/// `obj`'s name, when it is not `obj`'s (model and server names are cluster-wide in coscale,
-/// namespaced in Kubernetes).
+/// The namespace `owner` whose manifest defined the control plane's model, server or
+/// ServerConfig of `obj`'s name, when it is not `obj`'s (those names are cluster-wide in
+/// coscale, namespaced in Kubernetes).
 fn other_namespace<'a>(owner: Option<&'a str>, obj: &impl kube::Resource) -> Option<&'a str> {
     let ours = namespace_of(obj);
     owner.filter(|owner| *owner != ours)
@@ -317,6 +317,28 @@ async fn find_server_config(
     }
 }
 
+/// The `ServerConfigNameTaken` message when the control plane's ServerConfig named like
+/// `config_cr` came from another namespace's manifest (ServerConfig names are cluster-wide
+/// in coscale too; applying `config_cr` would overwrite that one).
+async fn config_name_taken(
+    ctx: &Context,
+    config_cr: &ServerConfig,
+) -> Result<Option<String>, Error> {
+    let name = config_cr.name_any();
+    let known: Option<ServerConfigStatus> = ctx
+        .control
+        .find_json(&format!("/api/v1/serverconfigs/{name}"))
+        .await
+        .map_err(Error::Control)?;
+    let owner = known.as_ref().and_then(|k| k.namespace.as_deref());
+    Ok(other_namespace(owner, config_cr).map(|owner| {
+        let ours = namespace_of(config_cr);
+        format!(
+            "ServerConfig {name} is already defined in namespace {owner}; coscale's ServerConfig names are cluster-wide, so namespace {ours}'s is not applied (rename it, or use the other)"
+        )
+    }))
+}
+
 async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Result<Action, Error> {
     let name = server.name_any();
     let ns = namespace_of(server);
@@ -340,6 +362,10 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
         server_failed(api, server, "ServerConfigNotFound", &msg).await?;
         return Ok(Action::requeue(ctx.resync));
     };
+    if let Some(msg) = config_name_taken(ctx, &config_cr).await? {
+        server_failed(api, server, "ServerConfigNameTaken", &msg).await?;
+        return Ok(Action::requeue(ctx.resync));
+    }
     let config = match spec::validate("ServerConfig", &config_cr.metadata, &config_cr.spec.fields) {
         Ok(Resource::ServerConfig(c)) => c,
         Ok(_) => return Ok(Action::await_change()),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coscale_api::rest::ManifestRequest;
+use coscale_api::rest::{ManifestRequest, ServerConfigStatus};
 use coscale_k8s::crd::{Model, Server};
 use coscale_k8s::desired::{PodSettings, FINALIZER};
 use coscale_k8s::reconcile::{reconcile_model, reconcile_server, Context, Error};
@@ -749,6 +749,26 @@ fn finalizer_only(path: &str, kind: &'static str, name: &'static str) -> Vec<Exp
     })]
 }
 
+/// Asserts a refused Server pass: requeued after the resync, with `StatefulSetReady` and
+/// `Ready` false for `reason` in the status patch `status_patch`, naming namespace team-a.
+/// Returns the message.
+fn assert_refused(result: &Result<Action, Error>, status_patch: &Value, reason: &str) -> String {
+    assert!(
+        matches!(result, Ok(a) if *a == Action::requeue(Duration::from_secs(5))),
+        "{result:?}"
+    );
+    let conditions = status_patch["status"]["conditions"].as_array().unwrap();
+    let mut message = String::new();
+    for t in ["StatefulSetReady", "Ready"] {
+        let c = conditions.iter().find(|c| c["type"] == t).unwrap();
+        assert_eq!(c["status"], "False", "{c}");
+        assert_eq!(c["reason"], reason, "{c}");
+        message = c["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("namespace team-a"), "{c}");
+    }
+    message
+}
+
 /// Model names are cluster-wide in coscale: a Model named like one another namespace already
 /// defined is refused in its status, never applied over the other, and deleting it removes
 /// only its own finalizer.
@@ -813,20 +833,7 @@ async fn a_server_name_another_namespace_holds_is_refused_and_its_deletion_leave
     )];
     let (ctx, handle) = context(cp.client.clone());
     let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
-    assert!(
-        matches!(&result, Ok(a) if *a == Action::requeue(Duration::from_secs(5))),
-        "{result:?}"
-    );
-    let conditions = bodies[0]["status"]["conditions"].as_array().unwrap();
-    for t in ["StatefulSetReady", "Ready"] {
-        let c = conditions.iter().find(|c| c["type"] == t).unwrap();
-        assert_eq!(c["status"], "False", "{c}");
-        assert_eq!(c["reason"], "NameTaken", "{c}");
-        assert!(
-            c["message"].as_str().unwrap().contains("namespace team-a"),
-            "{c}"
-        );
-    }
+    assert_refused(&result, &bodies[0], "NameTaken");
     let kept = cp.client.server("mlserver").await.unwrap();
     assert_eq!(kept.namespace.as_deref(), Some("team-a"));
     assert_eq!(kept.desired_replicas, 2);
@@ -848,5 +855,107 @@ async fn a_server_name_another_namespace_holds_is_refused_and_its_deletion_leave
         still.as_ref().and_then(|s| s["namespace"].as_str()),
         Some("team-a"),
         "the other namespace's server is left alone"
+    );
+}
+
+const CONFIGS: &str = "/apis/mlops.seldon.io/v1alpha1/namespaces/ns1/serverconfigs/mlserver";
+
+/// The namespace of the control plane's `mlserver` ServerConfig (which must exist).
+async fn config_namespace(cp: &ControlPlane) -> Option<String> {
+    let path = "/api/v1/serverconfigs/mlserver";
+    let config = cp
+        .client
+        .find_json::<ServerConfigStatus>(path)
+        .await
+        .unwrap();
+    config
+        .expect("the ServerConfig is in the control plane")
+        .namespace
+}
+
+/// `server_config_cr()` as namespace `ns` defines it.
+fn server_config_in(ns: &str) -> Value {
+    let mut config = server_config_cr();
+    config["metadata"]["namespace"] = json!(ns);
+    config
+}
+
+/// ServerConfig names are cluster-wide in coscale as well: a Server whose ServerConfig
+/// would overwrite the one another namespace applied is refused before anything is applied
+/// (no Service or StatefulSet either), and the other namespace's ServerConfig is kept.
+#[tokio::test]
+async fn a_server_whose_server_config_name_another_namespace_holds_is_refused() {
+    let cp = control_plane().await;
+    cp.apply(server_config_in("team-a")).await;
+    let server = server_cr(json!({"serverConfig": "mlserver", "replicas": 1}));
+    let json_cr = serde_json::to_value(&server).unwrap();
+    // The ServerConfig is found in ns1, then only the status is written.
+    let script = vec![
+        expect("GET", CONFIGS, |_| (200, server_config_cr())),
+        expect(
+            "PATCH",
+            &format!("{SERVERS}/status?{SSA}"),
+            with_status(json_cr),
+        ),
+    ];
+    let (ctx, handle) = context(cp.client.clone());
+    let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
+    let msg = assert_refused(&result, &bodies[1], "ServerConfigNameTaken");
+    assert!(msg.contains("namespace ns1's is not applied"), "{msg}");
+    assert_eq!(config_namespace(&cp).await.as_deref(), Some("team-a"));
+    let applied = cp
+        .client
+        .find_json::<Value>("/api/v1/servers/mlserver")
+        .await
+        .unwrap();
+    assert!(applied.is_none(), "the Server is not applied: {applied:?}");
+}
+
+/// The install namespace's ServerConfigs are shared by the Servers of every namespace: one
+/// already in the control plane from that namespace is applied again, no refusal.
+#[tokio::test]
+async fn a_shared_server_config_of_the_install_namespace_is_applied_for_a_server_of_another() {
+    let cp = control_plane().await;
+    cp.apply(server_config_in("coscale-system")).await;
+    let server = server_cr(json!({"serverConfig": "mlserver", "replicas": 1}));
+    let json_cr = serde_json::to_value(&server).unwrap();
+    let not_found = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
+                           "reason": "NotFound", "code": 404, "message": "not found"});
+    let script = vec![
+        expect("GET", CONFIGS, move |_| (404, not_found)),
+        expect(
+            "GET",
+            "/apis/mlops.seldon.io/v1alpha1/namespaces/coscale-system/serverconfigs/mlserver",
+            |_| (200, server_config_in("coscale-system")),
+        ),
+        expect("PATCH", &format!("{SERVICES}/mlserver-0?{SSA}"), echo),
+        expect("GET", SERVICES, |_| (200, service_list(&["mlserver-0"]))),
+        expect(
+            "PATCH",
+            &format!("/apis/apps/v1/namespaces/ns1/statefulsets/mlserver?{SSA}"),
+            sts_with_ready(1),
+        ),
+        expect(
+            "PATCH",
+            &format!("{SERVERS}/status?{SSA}"),
+            with_status(json_cr),
+        ),
+    ];
+    let (ctx, handle) = context(cp.client.clone());
+    let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
+    assert!(result.is_ok(), "{result:?}");
+    let conditions = bodies[5]["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conditions
+            .iter()
+            .all(|c| c["reason"] != "ServerConfigNameTaken"),
+        "{conditions:?}"
+    );
+    let s = cp.client.server("mlserver").await.unwrap();
+    assert_eq!(s.server_config, "mlserver");
+    assert_eq!(s.namespace.as_deref(), Some(NS));
+    assert_eq!(
+        config_namespace(&cp).await.as_deref(),
+        Some("coscale-system")
     );
 }
