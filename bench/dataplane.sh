@@ -218,20 +218,15 @@ report() {
         for (r = 1; r <= rounds; r++) if ((m, k, r) in v) a[++n] = v[m, k, r]
         return n ? median(a, n) : 0
     }
-    # rounds in which coscale met a target: check on per-round values
-    function met_hop(cell,    r, n) {
-        for (r = 1; r <= rounds; r++)
-            if ((("hop", cell SUBSEP "coscale", r) in v) && v["hop", cell SUBSEP "coscale", r] <= v["hop", cell SUBSEP "nginx", r]) n++
-        return n + 0
+    # whether the value c of metric m (coscale) meets its target, x being nginx value
+    function ok(m, c, x) {
+        return m == "hop" ? c <= x : m == "add" ? c <= 1.25 * x : c >= 85
     }
-    function met_add(cell,    r, n) {
+    # the rounds in which coscale met the target on metric m in a cell
+    function rounds_met(m, cell,    r, n, c) {
+        c = cell SUBSEP "coscale"
         for (r = 1; r <= rounds; r++)
-            if ((("add", cell SUBSEP "coscale", r) in v) && v["add", cell SUBSEP "coscale", r] <= 1.25 * v["add", cell SUBSEP "nginx", r]) n++
-        return n + 0
-    }
-    function met_pct(cell,    r, n) {
-        for (r = 1; r <= rounds; r++)
-            if ((("pct", cell SUBSEP "coscale", r) in v) && v["pct", cell SUBSEP "coscale", r] >= 85) n++
+            if (((m, c, r) in v) && ok(m, v[m, c, r], v[m, cell SUBSEP "nginx", r])) n++
         return n + 0
     }
     {
@@ -294,18 +289,18 @@ report() {
             if (!(("rps", x, 1) in v) || !(("rps", c, 1) in v)) continue
             hc = med("hop", c); hx = med("hop", x)
             printf "| %s | %s | hop CPU/req ≤ nginx hop | %.1f µs | %.1f µs | %s |%s\n",
-                mc[1], mc[2], hc, hx, (hc <= hx ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", met_hop(order[i]), rounds) : "")
+                mc[1], mc[2], hc, hx, (ok("hop", hc, hx) ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", rounds_met("hop", order[i]), rounds) : "")
             if (mc[2] == 1) {
                 ac = med("add", c); ax = med("add", x)
                 printf "| %s | 1 | added p50 ≤ 1.25 × nginx added p50 | %.0f µs | %.0f µs | %s |%s\n",
-                    mc[1], ac, 1.25 * ax, (ac <= 1.25 * ax ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", met_add(order[i]), rounds) : "")
+                    mc[1], ac, 1.25 * ax, (ok("add", ac, ax) ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", rounds_met("add", order[i]), rounds) : "")
                 printf "| %s | 1 | p50 ≤ 1.25 × nginx p50 | %.0f µs | %.0f µs | %s |%s\n",
                     mc[1], med("p50", c), 1.25 * med("p50", x), (med("p50", c) <= 1.25 * med("p50", x) ? "met" : "not met"), (rounds > 1 ? " |" : "")
             }
             if (mc[1] == "iris-mlp") {
                 pc = med("pct", c)
                 printf "| %s | %s | req/s ≥ 85 %% of direct | %.0f %% | 85 %% | %s |%s\n",
-                    mc[1], mc[2], pc, (pc >= 85 ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", met_pct(order[i]), rounds) : "")
+                    mc[1], mc[2], pc, (ok("pct", pc) ? "met" : "not met"), (rounds > 1 ? sprintf(" %d of %d |", rounds_met("pct", order[i]), rounds) : "")
             }
         }
     }' "$RAW"
