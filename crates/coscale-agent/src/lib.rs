@@ -257,10 +257,7 @@ pub async fn run(
         async move {
             tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                    stopped(rx),
-                )
+                .serve_with_incoming_shutdown(coscale_net::nodelay_incoming(grpc), stopped(rx))
                 .await
         }
     });

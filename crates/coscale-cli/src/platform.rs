@@ -169,10 +169,7 @@ impl Platform {
             tasks.push(tokio::spawn(async move {
                 let r = tonic::transport::Server::builder()
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(agents),
-                        wait(rx),
-                    )
+                    .serve_with_incoming_shutdown(coscale_net::nodelay_incoming(agents), wait(rx))
                     .await;
                 if let Err(e) = r {
                     tracing::error!("agent channel failed: {e}");
@@ -192,10 +189,7 @@ impl Platform {
             tasks.push(tokio::spawn(async move {
                 let r = tonic::transport::Server::builder()
                     .add_service(svc)
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        wait(rx),
-                    )
+                    .serve_with_incoming_shutdown(coscale_net::nodelay_incoming(listener), wait(rx))
                     .await;
                 if let Err(e) = r {
                     tracing::error!("KEDA external scaler failed: {e}");

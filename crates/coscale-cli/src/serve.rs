@@ -464,10 +464,7 @@ pub async fn runtime(a: RuntimeArgs) -> anyhow::Result<ExitCode> {
     let rest = axum::serve(http, app).with_graceful_shutdown(stop_signal());
     let grpc = tonic::transport::Server::builder()
         .add_service(svc)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            stop_signal(),
-        );
+        .serve_with_incoming_shutdown(coscale_net::nodelay_incoming(grpc), stop_signal());
     let (r, g) = tokio::join!(rest, grpc);
     r?;
     g?;

@@ -1,4 +1,5 @@
-//! Socket plumbing shared by the router and the agent, below any protocol.
+//! Socket plumbing shared by the router, the agent and the servers' gRPC listeners, below any
+//! protocol.
 //!
 //! [`UnixConn`] is the Unix-domain stream the router uses to reach local replicas and the agent
 //! serves them on. It exists for one reason: tokio registers its `UnixStream` with the reactor
@@ -10,7 +11,14 @@
 //! `UnixConn` is registered for readability only, writes directly, and registers a duplicate of
 //! the socket for writability only while a write waits for room.
 //!
+//! [`nodelay_incoming`] hands a gRPC server its accepted TCP connections with Nagle's algorithm
+//! off, which tonic does not do for connections it is given.
+//!
 //! Depends on tokio only; knows nothing of HTTP.
+
+mod incoming;
+
+pub use incoming::nodelay_incoming;
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;

@@ -4,7 +4,6 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::grpc::grpc_service;
 use crate::handle::RouterHandle;
@@ -72,7 +71,7 @@ pub async fn serve(
         let result = tonic::transport::Server::builder()
             .add_service(grpc_service(handle.clone()))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                coscale_net::nodelay_incoming(grpc_listener),
                 stop_signal(stopped.clone()),
             )
             .await

@@ -220,7 +220,7 @@ async fn start_agent(name: &'static str, mode: Mode) -> (Arc<FakeAgent>, SocketA
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc))
+            .serve_with_incoming(coscale_net::nodelay_incoming(grpc))
             .await
             .unwrap()
     });
