@@ -201,9 +201,7 @@ impl Platform {
             let rx = stopped.clone();
             if opts.router.threads == 0 {
                 tasks.push(tokio::spawn(async move {
-                    if let Err(e) = coscale_router::serve(handle, rhttp, rgrpc, wait(rx)).await {
-                        tracing::error!("router failed: {e}");
-                    }
+                    coscale_router::serve(handle, rhttp, rgrpc, wait(rx)).await;
                 }));
             } else {
                 let threads = opts.router.threads;

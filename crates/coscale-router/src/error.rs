@@ -4,6 +4,9 @@
 
 use http::StatusCode;
 
+use crate::handle::RouterHandle;
+use crate::state::Replica;
+
 /// Why the router could not get an answer from a replica.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -90,6 +93,38 @@ impl RouteError {
 impl From<RouteError> for tonic::Status {
     fn from(err: RouteError) -> Self {
         tonic::Status::new(err.grpc_code(), err.to_string())
+    }
+}
+
+/// Why an attempt on one replica got no usable answer.
+pub(crate) enum Failure {
+    TimedOut,
+    /// Nothing came back: retried on another replica.
+    NoAnswer(String),
+    /// The answer broke off: not retried, the replica has the request.
+    Broken(String),
+}
+
+impl Failure {
+    pub(crate) fn error(self, handle: &RouterHandle, replica: &Replica) -> RouteError {
+        let (model, label) = (replica.model.clone(), replica.label());
+        match self {
+            Failure::TimedOut => RouteError::UpstreamTimeout {
+                model,
+                replica: label,
+                timeout_ms: handle.config().request_timeout.as_millis(),
+            },
+            Failure::NoAnswer(detail) => RouteError::UpstreamFailed {
+                model,
+                replica: label,
+                detail,
+            },
+            Failure::Broken(detail) => RouteError::UpstreamBroken {
+                model,
+                replica: label,
+                detail,
+            },
+        }
     }
 }
 

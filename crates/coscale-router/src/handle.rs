@@ -2,16 +2,12 @@
 //!
 //! It owns the synchronous [`RouterState`] (behind a short-held mutex), follows the control
 //! plane's routing-table watch channel lazily (each pick checks for a newer table), and keeps
-//! the idle REST connections to replicas and one cached gRPC channel per replica.
+//! the idle REST connections to replicas.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use coscale_api::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use coscale_api::routing::{Endpoint, RoutingTable};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use crate::config::RouterConfig;
 use crate::error::RouteError;
@@ -19,9 +15,7 @@ use crate::metrics::Metrics;
 use crate::state::{Picked, RouterState};
 use crate::upstream::Pool;
 
-pub(crate) type GrpcClient = GrpcInferenceServiceClient<Channel>;
-
-/// Shared router: configuration, routing state, metrics and upstream clients.
+/// Shared router: configuration, routing state, metrics and idle REST connections to replicas.
 #[derive(Debug, Clone)]
 pub struct RouterHandle {
     inner: Arc<Inner>,
@@ -34,7 +28,6 @@ struct Inner {
     state: Mutex<RouterState>,
     metrics: Metrics,
     pool: Pool,
-    grpc: Mutex<HashMap<SocketAddr, GrpcClient>>,
 }
 
 impl RouterHandle {
@@ -49,7 +42,6 @@ impl RouterHandle {
                 state,
                 metrics: Metrics::default(),
                 pool,
-                grpc: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -86,27 +78,6 @@ impl RouterHandle {
     /// Idle REST connections to replicas.
     pub(crate) fn pool(&self) -> &Pool {
         &self.inner.pool
-    }
-
-    /// The cached gRPC client for a replica's gRPC address (connected lazily, then reused).
-    pub(crate) fn grpc_client(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<GrpcClient, tonic::transport::Error> {
-        let mut clients = lock(&self.inner.grpc);
-        if let Some(client) = clients.get(&addr) {
-            return Ok(client.clone());
-        }
-        let config = &self.inner.config;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let client = GrpcInferenceServiceClient::new(channel)
-            .max_decoding_message_size(config.grpc_max_message_bytes)
-            .max_encoding_message_size(config.grpc_max_message_bytes);
-        clients.insert(addr, client.clone());
-        Ok(client)
     }
 
     /// The state, switched to the newest published table first.

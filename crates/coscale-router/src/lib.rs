@@ -1,7 +1,8 @@
 //! coscale-router: the single inference endpoint (data-plane ingress).
 //!
-//! Clients speak Open Inference Protocol V2 over REST (an HTTP/1.1 server of the router's own,
-//! one task per client connection, see [`serve`]) or gRPC ([`grpc_service`]);
+//! Clients speak Open Inference Protocol V2 over REST (an HTTP/1.1 server of the router's own)
+//! or gRPC (an HTTP/2 server of its own on the h2 crate), one task per client connection for
+//! both (see [`serve`]);
 //! the router finds the model by name (URL path / `model_name`, or the `seldon-model` header /
 //! metadata, which wins like in Seldon Core 2), picks a replica from the control plane's routing
 //! table with least outstanding requests first ([`RouterState`]), and forwards the request bytes
@@ -25,7 +26,6 @@ mod upstream;
 
 pub use config::RouterConfig;
 pub use error::RouteError;
-pub use grpc::{grpc_service, GrpcRouter};
 pub use handle::RouterHandle;
 pub use name::{decode_model_segment, validate_model_name};
 pub use serve::{serve, serve_dedicated, ServeError};

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::error::RouteError;
+use crate::error::{Failure, RouteError};
 use crate::h1::{self, BodyError, Framing, HeadError, RequestHead};
 use crate::handle::RouterHandle;
 use crate::metrics::REST;
@@ -46,15 +46,31 @@ pub(crate) async fn serve_rest(
     handle: RouterHandle,
     stopped: watch::Receiver<bool>,
 ) {
+    accept_loop(listener, stopped.clone(), |stream| {
+        connection(handle.clone(), stream, stopped.clone())
+    })
+    .await;
+}
+
+/// Runs `serve` on a task of its own for every connection accepted on `listener` until `stopped`
+/// turns true, then stops accepting and waits for the connections' tasks to end.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    stopped: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut connections = JoinSet::new();
-    let stop = stop_signal(stopped.clone());
+    let stop = stop_signal(stopped);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(connection(handle.clone(), stream, stopped.clone()));
+                    connections.spawn(serve(stream));
                 }
                 Err(err) => accept_failed(err).await,
             },
@@ -499,38 +515,6 @@ async fn forward(
         Err(failure) => {
             let err = failure.error(handle, second.replica());
             Err(Early::Final(Reply::error(&err), After::KeepOpen))
-        }
-    }
-}
-
-/// Why an attempt on one replica got no usable answer.
-enum Failure {
-    TimedOut,
-    /// Nothing came back: retried on another replica.
-    NoAnswer(String),
-    /// The answer broke off: not retried, the replica has the request.
-    Broken(String),
-}
-
-impl Failure {
-    fn error(self, handle: &RouterHandle, replica: &Replica) -> RouteError {
-        let (model, label) = (replica.model.clone(), replica.label());
-        match self {
-            Failure::TimedOut => RouteError::UpstreamTimeout {
-                model,
-                replica: label,
-                timeout_ms: handle.config().request_timeout.as_millis(),
-            },
-            Failure::NoAnswer(detail) => RouteError::UpstreamFailed {
-                model,
-                replica: label,
-                detail,
-            },
-            Failure::Broken(detail) => RouteError::UpstreamBroken {
-                model,
-                replica: label,
-                detail,
-            },
         }
     }
 }

@@ -5,18 +5,14 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::grpc::grpc_service;
+use crate::grpc::serve_grpc;
 use crate::handle::RouterHandle;
-use crate::rest::{serve_rest, stop_signal};
+use crate::rest::serve_rest;
 
-/// A front end stopped with an error.
+/// The router's own runtime could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("router gRPC server failed: {0}")]
-    Grpc(#[source] tonic::transport::Error),
-    #[error("router runtime failed to start: {0}")]
-    Runtime(#[source] std::io::Error),
-}
+#[error("router runtime failed to start: {0}")]
+pub struct ServeError(#[source] std::io::Error);
 
 /// Runs [`serve`] on a runtime of its own, on new OS threads, and returns at once; the
 /// listeners move to that runtime. `threads` = 1 gives a current-thread runtime on one thread:
@@ -30,8 +26,8 @@ pub fn serve_dedicated(
     threads: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<std::thread::JoinHandle<Result<(), ServeError>>, ServeError> {
-    let http = http_listener.into_std().map_err(ServeError::Runtime)?;
-    let grpc = grpc_listener.into_std().map_err(ServeError::Runtime)?;
+    let http = http_listener.into_std().map_err(ServeError)?;
+    let grpc = grpc_listener.into_std().map_err(ServeError)?;
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -43,51 +39,36 @@ pub fn serve_dedicated(
         .enable_all()
         .thread_name("coscale-router")
         .build()
-        .map_err(ServeError::Runtime)?;
+        .map_err(ServeError)?;
     std::thread::Builder::new()
         .name("coscale-router".to_owned())
         .spawn(move || {
             runtime.block_on(async move {
-                let http = TcpListener::from_std(http).map_err(ServeError::Runtime)?;
-                let grpc = TcpListener::from_std(grpc).map_err(ServeError::Runtime)?;
-                serve(handle, http, grpc, shutdown).await
+                let http = TcpListener::from_std(http).map_err(ServeError)?;
+                let grpc = TcpListener::from_std(grpc).map_err(ServeError)?;
+                serve(handle, http, grpc, shutdown).await;
+                Ok(())
             })
         })
-        .map_err(ServeError::Runtime)
+        .map_err(ServeError)
 }
 
 /// Serves V2 REST (and `/metrics`) on `http_listener` and V2 gRPC on `grpc_listener` until
-/// `shutdown` resolves, then lets in-flight requests finish. If the gRPC server fails, the REST
-/// server is shut down too and the error is returned.
+/// `shutdown` resolves, then stops accepting and lets the requests and calls in flight finish.
 pub async fn serve(
     handle: RouterHandle,
     http_listener: TcpListener,
     grpc_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
+) {
     let (stop, stopped) = watch::channel(false);
-    let http = serve_rest(http_listener, handle.clone(), stopped.clone());
-    let grpc = async {
-        let result = tonic::transport::Server::builder()
-            .add_service(grpc_service(handle.clone()))
-            .serve_with_incoming_shutdown(
-                coscale_net::nodelay_incoming(grpc_listener),
-                stop_signal(stopped.clone()),
-            )
-            .await
-            .map_err(ServeError::Grpc);
+    let stopping = async {
+        shutdown.await;
         stop.send_replace(true);
-        result
     };
-    let servers = async { tokio::join!(http, grpc) };
-    tokio::pin!(servers);
-    tokio::pin!(shutdown);
-    let ((), grpc) = tokio::select! {
-        results = &mut servers => results,
-        () = &mut shutdown => {
-            stop.send_replace(true);
-            servers.await
-        }
-    };
-    grpc
+    tokio::join!(
+        stopping,
+        serve_rest(http_listener, handle.clone(), stopped.clone()),
+        serve_grpc(grpc_listener, handle, stopped),
+    );
 }

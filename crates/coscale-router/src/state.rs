@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use coscale_api::routing::{Endpoint, RoutingTable};
 use http::HeaderValue;
-use tonic::metadata::AsciiMetadataValue;
 
 use crate::error::RouteError;
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
@@ -27,8 +26,9 @@ pub struct Replica {
     pub internal_name: String,
     /// `host`, `seldon-model` and `seldon-internal-model` header lines of a forwarded REST request.
     pub(crate) rest_fields: String,
-    pub(crate) model_metadata: AsciiMetadataValue,
-    pub(crate) internal_metadata: AsciiMetadataValue,
+    /// `seldon-model` and `seldon-internal-model` values of a forwarded gRPC call.
+    pub(crate) model_header: HeaderValue,
+    pub(crate) internal_header: HeaderValue,
     counter: Arc<AtomicUsize>,
 }
 
@@ -36,16 +36,16 @@ impl Replica {
     fn new(model: &str, endpoint: &Endpoint, counter: Arc<AtomicUsize>) -> Option<Self> {
         let internal_name = endpoint.internal_name(model);
         // Names that cannot be header values are refused here, so forwarding cannot fail on them.
-        HeaderValue::from_str(model).ok()?;
-        HeaderValue::from_str(&internal_name).ok()?;
+        let model_header = HeaderValue::from_str(model).ok()?;
+        let internal_header = HeaderValue::from_str(&internal_name).ok()?;
         let rest_fields = format!(
             "host: {}\r\n{SELDON_MODEL}: {model}\r\n{SELDON_INTERNAL_MODEL}: {internal_name}\r\n",
             endpoint.http
         );
         Some(Replica {
             rest_fields,
-            model_metadata: AsciiMetadataValue::try_from(model).ok()?,
-            internal_metadata: AsciiMetadataValue::try_from(internal_name.as_str()).ok()?,
+            model_header,
+            internal_header,
             model: model.to_owned(),
             endpoint: endpoint.clone(),
             internal_name,
@@ -67,18 +67,12 @@ impl Replica {
 #[derive(Debug)]
 pub struct Picked {
     replica: Arc<Replica>,
-    others: usize,
 }
 
 impl Picked {
     /// The chosen endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.replica.endpoint
-    }
-
-    /// Whether the model had other replicas when this one was picked (a retry could go there).
-    pub fn has_alternative(&self) -> bool {
-        self.others > 0
     }
 
     /// The chosen replica with its precomputed forwarding data.
@@ -177,7 +171,6 @@ impl RouterState {
         replica.counter.fetch_add(1, Ordering::AcqRel);
         Ok(Picked {
             replica: Arc::clone(replica),
-            others: n - 1,
         })
     }
 

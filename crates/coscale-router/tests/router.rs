@@ -158,8 +158,10 @@ impl GrpcInferenceService for GrpcAgent {
             .map(Vec::len)
             .sum();
         self.record_grpc(request.metadata(), &request.get_ref().model_name, raw);
-        if self.mode == Mode::Fail500 {
-            return Err(tonic::Status::internal("boom"));
+        match self.mode {
+            Mode::Fail500 => return Err(tonic::Status::internal("boom")),
+            Mode::Hold => drop(self.gate.acquire().await.unwrap()),
+            Mode::Ok => {}
         }
         Ok(tonic::Response::new(ModelInferResponse {
             model_name: request.get_ref().model_name.clone(),
@@ -291,8 +293,7 @@ impl TestRouter {
             serve(handle, http_listener, grpc_listener, async {
                 let _ = stopped.await;
             })
-            .await
-            .unwrap();
+            .await;
         });
         TestRouter {
             http,
@@ -949,6 +950,256 @@ async fn grpc_server_calls_are_answered_locally_and_repository_calls_refused() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
     assert!(status.message().contains("use the control plane API"));
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_calls_on_one_connection_are_multiplexed_and_large_messages_pass_both_ways() {
+    let (agent, router) = one_agent_router("a", Mode::Ok).await;
+    // One channel = one HTTP/2 connection to the router; every call below shares it.
+    let client = router.grpc_client().await;
+    let calls = (0..12u8).map(|i| {
+        let mut client = client.clone();
+        // Three of them larger than the 1 MiB flow-control windows, each way.
+        let size = if i % 4 == 0 {
+            3 << 20
+        } else {
+            1000 + usize::from(i)
+        };
+        async move {
+            let contents = vec![i; size];
+            let answer = client
+                .model_infer(ModelInferRequest {
+                    model_name: "m".into(),
+                    raw_input_contents: vec![contents.clone()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.raw_output_contents, vec![contents], "call {i}");
+        }
+    });
+    tokio::time::timeout(DEADLINE, futures::future::join_all(calls))
+        .await
+        .expect("every call is answered");
+    assert_eq!(agent.seen().len(), 12);
+    assert_eq!(agent.seen().iter().map(|s| s.body_len).max(), Some(3 << 20));
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_grpc_message_over_the_limit_is_refused_and_not_forwarded() {
+    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
+    let config = RouterConfig {
+        grpc_max_message_bytes: 1024,
+        ..RouterConfig::default()
+    };
+    let router = TestRouter::start(
+        config,
+        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
+    )
+    .await;
+    let mut client = router.grpc_client().await;
+    let call = |size: usize| ModelInferRequest {
+        model_name: "m".into(),
+        raw_input_contents: vec![vec![0; size]],
+        ..Default::default()
+    };
+    let status = client.model_infer(call(2000)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().contains("limit of 1024 bytes"),
+        "{status:?}"
+    );
+    assert!(agent.seen().is_empty());
+    // The connection still serves the next call.
+    client.model_infer(call(100)).await.unwrap();
+    assert_eq!(agent.seen().len(), 1);
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn stopping_lets_a_grpc_call_in_flight_finish() {
+    let (agent, mut router) = one_agent_router("a", Mode::Hold).await;
+    let mut client = router.grpc_client().await;
+    let call = tokio::spawn(async move {
+        client
+            .model_infer(ModelInferRequest {
+                model_name: "m".into(),
+                ..Default::default()
+            })
+            .await
+    });
+    let mut arrivals = agent.arrivals.subscribe();
+    tokio::time::timeout(DEADLINE, arrivals.wait_for(|n| *n == 1))
+        .await
+        .expect("the call reaches the replica")
+        .unwrap();
+    router.stop.take().unwrap().send(()).unwrap();
+    agent.gate.add_permits(1);
+    let answer = tokio::time::timeout(DEADLINE, call).await.unwrap().unwrap();
+    assert_eq!(answer.unwrap().into_inner().id, "a");
+    tokio::time::timeout(DEADLINE, router.task.take().unwrap())
+        .await
+        .expect("the router stops once the call is answered")
+        .unwrap();
+}
+
+/// One HTTP/2 request with exactly these fields and body; the answer's status, fields, body and
+/// trailers.
+async fn raw_h2(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, http::HeaderMap, Vec<u8>, Option<http::HeaderMap>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let (response, mut stream) = send.send_request(request.body(()).unwrap(), false).unwrap();
+    stream
+        .send_data(bytes::Bytes::copy_from_slice(body), true)
+        .unwrap();
+    let (head, mut body) = response.await.unwrap().into_parts();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap();
+    (head.status.as_u16(), head.headers, bytes, trailers)
+}
+
+#[tokio::test]
+async fn grpc_requests_are_checked_before_anything_is_forwarded() {
+    let (agent, router) = one_agent_router("a", Mode::Ok).await;
+    let grpc = [("content-type", "application/grpc"), ("te", "trailers")];
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    // Not gRPC: 415, as the gRPC over HTTP/2 spec asks.
+    let (status, ..) = raw_h2(
+        router.grpc,
+        "POST",
+        infer,
+        &[("content-type", "application/json")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 415);
+    // Unknown services and methods: UNIMPLEMENTED (12), trailers-only.
+    for path in [
+        "/other.Service/Call",
+        "/inference.GRPCInferenceService/ModelStream",
+    ] {
+        let (status, head, body, trailers) =
+            raw_h2(router.grpc, "POST", path, &grpc, &[0; 5]).await;
+        assert_eq!(status, 200);
+        assert_eq!(head.get("grpc-status").unwrap(), "12", "{path}");
+        assert!(body.is_empty() && trailers.is_none());
+    }
+    // Not one whole message, a compressed one, and one that is not a ModelInferRequest:
+    // INVALID_ARGUMENT (3) or UNIMPLEMENTED (12), with the reason.
+    let cases: [(&[u8], &str, &str); 3] = [
+        (
+            &[0, 0, 0, 0, 9, 1],
+            "3",
+            "the prefix says 9 bytes, 1 follow",
+        ),
+        (
+            &[1, 0, 0, 0, 0],
+            "12",
+            "compressed messages are not supported",
+        ),
+        (
+            &[0, 0, 0, 0, 2, 0xff, 0xff],
+            "3",
+            "the request message does not decode",
+        ),
+    ];
+    for (body, code, reason) in cases {
+        let (status, head, ..) = raw_h2(router.grpc, "POST", infer, &grpc, body).await;
+        assert_eq!(status, 200);
+        assert_eq!(head.get("grpc-status").unwrap(), code);
+        let message = head.get("grpc-message").unwrap().to_str().unwrap();
+        let message = percent_encoding::percent_decode_str(message)
+            .decode_utf8()
+            .unwrap();
+        assert!(message.contains(reason), "{message}");
+    }
+    assert!(agent.seen().is_empty());
+    router.shutdown().await;
+}
+
+/// A gRPC replica on the h2 crate that answers ModelInfer with an empty message and then closes
+/// the connection (GOAWAY): every call needs a new connection. Counts the connections.
+async fn one_call_per_connection_replica() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&connections);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                if let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let mut body = request.into_body();
+                    while let Some(chunk) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+                    }
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut stream = respond.send_response(head, false).unwrap();
+                    stream
+                        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false)
+                        .unwrap();
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    stream.send_trailers(trailers).unwrap();
+                    conn.graceful_shutdown();
+                    while conn.accept().await.is_some() {}
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_elsewhere() {
+    let (replica, connections) = one_call_per_connection_replica().await;
+    let unused = closed_addr().await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("m", vec![endpoint("s", 0, 1, unused, replica)])]),
+    )
+    .await;
+    let mut client = router.grpc_client().await;
+    for _ in 0..3 {
+        let call = ModelInferRequest {
+            model_name: "m".into(),
+            ..Default::default()
+        };
+        client.model_infer(call).await.unwrap();
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let text = router.metrics().await;
+    assert_eq!(
+        metric_value(&text, "coscale_router_retries_total"),
+        Some(0.0)
+    );
     router.shutdown().await;
 }
 
