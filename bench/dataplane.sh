@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Data-plane benchmark: throughput, p50/p99 latency and CPU per request of V2 REST inference
-#   direct   wrk → `coscale runtime` (the built-in V2 runtime alone)
-#   nginx    wrk → nginx (1 worker, keepalive upstream, no access log) → the same runtime
-#   coscale  wrk → router (`coscale up`) → agent with the built-in runtime (1-replica Server)
+# Data-plane benchmark: throughput, p50/p99 latency and CPU per request of V2 inference, over
+# REST (load from wrk) or, with --protocol grpc, gRPC ModelInfer (load from h2load, nghttp2)
+#   direct   load → `coscale runtime` (the built-in V2 runtime alone)
+#   nginx    load → nginx (1 worker, keepalive upstream, no access log; grpc_pass for gRPC)
+#            → the same runtime
+#   coscale  load → router (`coscale up`) → agent with the built-in runtime (1-replica Server)
 # for each model × connection count, interleaved so that the three targets see the same machine
 # conditions. CPU per request = utime+stime of the serving processes over the run / requests
 # (direct: runtime; nginx: nginx master+worker + runtime; coscale: `coscale up` + agent).
 #
 # Usage: bench/dataplane.sh [--out FILE] [--duration SECONDS] [--conns "1 8 64"]
 #                           [--models "iris iris-mlp"] [--warmup SECONDS] [--rounds N]
+#                           [--protocol rest|grpc] [--streams M]
+# --streams M (gRPC only): calls in flight at a time on each connection (h2load -m; default 1),
+# as a gRPC client multiplexes its calls over one connection.
 # With --rounds N the whole interleaved sweep runs N times and every figure is the median over
 # the rounds (hop, +p50 and % of direct are taken per round, against that round's direct run,
 # before the median); the targets table also says in how many rounds each target was met.
@@ -23,7 +28,9 @@ WARMUP=2
 ROUNDS=1
 CONNS="1 8 64"
 MODELS="iris iris-mlp"
-OUT="$BENCH_ROOT/bench/results/dataplane-$(date +%Y%m%d-%H%M%S).md"
+PROTOCOL=rest
+STREAMS=1
+OUT=""
 while (($#)); do
     case "$1" in
         --out) OUT="$2"; shift 2 ;;
@@ -32,18 +39,48 @@ while (($#)); do
         --conns) CONNS="$2"; shift 2 ;;
         --models) MODELS="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --protocol) PROTOCOL="$2"; shift 2 ;;
+        --streams) STREAMS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) bench_die "unknown argument $1 (see --help)" ;;
     esac
 done
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || bench_die "--rounds wants a whole number of at least 1, not '$ROUNDS'"
+[[ "$PROTOCOL" == rest || "$PROTOCOL" == grpc ]] || bench_die "--protocol wants rest or grpc, not '$PROTOCOL'"
+[[ "$STREAMS" =~ ^[1-9][0-9]*$ ]] || bench_die "--streams wants a whole number of at least 1, not '$STREAMS'"
+[[ "$PROTOCOL" == grpc || "$STREAMS" == 1 ]] || bench_die "--streams is for --protocol grpc (wrk sends one request at a time per connection)"
+[[ -n "$OUT" ]] || OUT="$BENCH_ROOT/bench/results/dataplane-$(date +%Y%m%d-%H%M%S)$([[ $PROTOCOL == grpc ]] && echo -grpc).md"
 
 bench_init
 bench_need wrk wrk nginx nginx-light curl curl jq jq
+[[ "$PROTOCOL" == rest ]] || bench_need h2load nghttp2-client python3 python3
 bench_build
 CLK_TCK="$(getconf CLK_TCK)"
 BODY='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}'
+# The same request as a gRPC message (length-prefixed ModelInferRequest), one file per model:
+# BENCH_TMP/grpc-MODEL.bin.
+grpc_bodies() {
+    python3 - "$BENCH_TMP" "$@" <<'PY'
+import struct, sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def field(num, payload):  # length-delimited field
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+for model in sys.argv[2:]:
+    contents = field(6, struct.pack("<4f", 6.7, 3.0, 5.2, 2.3))  # fp32_contents
+    tensor = field(1, b"input") + field(2, b"FP32") + field(3, varint(1) + varint(4)) + field(5, contents)
+    message = field(1, model.encode()) + field(5, tensor)  # model_name, inputs
+    with open(f"{sys.argv[1]}/grpc-{model}.bin", "wb") as f:
+        f.write(b"\0" + struct.pack(">I", len(message)) + message)
+PY
+}
+[[ "$PROTOCOL" == rest ]] || grpc_bodies $MODELS
 
 # (a) the runtime alone
 RT_HTTP="$(bench_free_port)"
@@ -53,6 +90,7 @@ bench_log "runtime pid $RT_PID on 127.0.0.1:$RT_HTTP"
 
 # (b) nginx as a plain reverse proxy in front of the same runtime
 NGX_PORT="$(bench_free_port)"
+NGX_GRPC_PORT="$(bench_free_port)"
 NGX_DIR="$BENCH_TMP/nginx"
 mkdir -p "$NGX_DIR"
 cat >"$NGX_DIR/nginx.conf" <<EOF
@@ -63,11 +101,15 @@ error_log $NGX_DIR/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # Connections stay open for the whole run, as coscale's do (the default closes a client
+    # connection after 1,000 requests; h2load does not reconnect).
+    keepalive_requests 100000000;
     client_body_temp_path $NGX_DIR/body;
     proxy_temp_path $NGX_DIR/proxy;
     upstream runtime {
         server 127.0.0.1:$RT_HTTP;
         keepalive 128;
+        keepalive_requests 100000000;
     }
     server {
         listen 127.0.0.1:$NGX_PORT;
@@ -75,6 +117,17 @@ http {
             proxy_pass http://runtime;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }
+    }
+    upstream runtime_grpc {
+        server 127.0.0.1:$RT_GRPC;
+        keepalive 128;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_GRPC_PORT http2;
+        location / {
+            grpc_pass grpc://runtime_grpc;
         }
     }
 }
@@ -124,11 +177,20 @@ bench_wait_servers "$UP_DIR" 60
 bench_wait_models "$UP_DIR" 2 60 || bench_die "the bench models did not become available"
 bench_log "coscale up pid $UP_PID, agent pid(s) ${AGENT_PIDS[*]}, router $ROUTER_HTTP"
 
-declare -A URL=(
-    [direct]="http://127.0.0.1:$RT_HTTP"
-    [nginx]="http://127.0.0.1:$NGX_PORT"
-    [coscale]="$ROUTER_HTTP"
-)
+if [[ "$PROTOCOL" == rest ]]; then
+    declare -A URL=(
+        [direct]="http://127.0.0.1:$RT_HTTP"
+        [nginx]="http://127.0.0.1:$NGX_PORT"
+        [coscale]="$ROUTER_HTTP"
+    )
+else
+    declare -A URL=(
+        [direct]="http://127.0.0.1:$RT_GRPC"
+        [nginx]="http://127.0.0.1:$NGX_GRPC_PORT"
+        [coscale]="${ROUTER_GRPC/#grpc:/http:}"
+    )
+fi
+INFER_PATH=/inference.GRPCInferenceService/ModelInfer
 declare -A PIDS=(
     [direct]="$RT_PID"
     [nginx]="$NGX_MASTER $NGX_WORKER $RT_PID"
@@ -136,15 +198,34 @@ declare -A PIDS=(
 )
 TARGETS="direct nginx coscale"
 
-# Every target must give the same answer before anything is timed.
+# One answer, as text that is the same from every target when they agree: REST the outputs'
+# names and data; gRPC the grpc-status and the answer message's bytes (hex).
+answer() { # target model
+    if [[ "$PROTOCOL" == rest ]]; then
+        curl -fsS --max-time 5 -H 'Content-Type: application/json' -d "$BODY" \
+            "${URL[$1]}/v2/models/$2/infer" | jq -c '[.outputs[] | {name, data}]'
+    else
+        local headers="$BENCH_TMP/answer-headers"
+        curl -fsS --max-time 5 --http2-prior-knowledge -H 'content-type: application/grpc' \
+            -H 'te: trailers' --data-binary "@$BENCH_TMP/grpc-$2.bin" -D "$headers" \
+            "${URL[$1]}$INFER_PATH" | od -An -tx1 | tr -d ' \n'
+        printf ' %s' "$(tr -d '\r' <"$headers" | grep -i '^grpc-status:' || echo 'grpc-status: missing')"
+    fi
+}
+# Every target must give the same answer before anything is timed. gRPC: the DATA bytes of a
+# good answer, per target and model, to count answers without a message (errors carry none).
+declare -A ANSWER_BYTES
 for model in $MODELS; do
     want=""
     for t in $TARGETS; do
-        got="$(curl -fsS --max-time 5 -H 'Content-Type: application/json' -d "$BODY" \
-            "${URL[$t]}/v2/models/$model/infer" | jq -c '[.outputs[] | {name, data}]')" ||
-            bench_die "$t: inference on $model failed"
+        got="$(answer "$t" "$model")" || bench_die "$t: inference on $model failed"
         [[ -z "$want" || "$got" == "$want" ]] || bench_die "$t answers $got for $model, direct answers $want"
         want="$got"
+        [[ "$PROTOCOL" == rest ]] && continue
+        [[ "$got" == *"grpc-status: 0" ]] || bench_die "$t: gRPC inference on $model failed: $got"
+        ANSWER_BYTES[$t,$model]="$(h2load -n 1 -c 1 -H 'content-type: application/grpc' -H 'te: trailers' \
+            -d "$BENCH_TMP/grpc-$model.bin" "${URL[$t]}$INFER_PATH" |
+            awk '/^traffic:/ { gsub(/[()]/, "", $(NF - 1)); print $(NF - 1) }')"
     done
 done
 
@@ -161,15 +242,46 @@ done
 
 RAW="$BENCH_TMP/raw.tsv"
 : >"$RAW"
-run_wrk() { # target model conns seconds → RESULT line
+# One closed-loop run: target model conns seconds → one line
+#   RESULT requests=N duration_us=N rps=X p50_us=X p99_us=X mean_us=X errors=N non2xx=N
+# REST: wrk and bench/infer.lua. gRPC: h2load (--streams calls at a time per connection), latencies
+# from its per-request log; non2xx counts HTTP statuses other than 2xx and answers without a
+# message (a gRPC error status), from the DATA bytes against a good answer's.
+run_load() {
     local threads=$(($3 < 2 ? $3 : 2))
-    wrk -t "$threads" -c "$3" -d "${4}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
-        "${URL[$1]}/v2/models/$2/infer" | grep '^RESULT'
+    if [[ "$PROTOCOL" == rest ]]; then
+        wrk -t "$threads" -c "$3" -d "${4}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
+            "${URL[$1]}/v2/models/$2/infer" | grep '^RESULT'
+        return
+    fi
+    local log="$BENCH_TMP/h2load-requests.tsv" summary
+    rm -f "$log" # h2load appends to its log
+    summary="$(h2load -c "$3" -t "$threads" -m "$STREAMS" -D "$4" -H 'content-type: application/grpc' \
+        -H 'te: trailers' -d "$BENCH_TMP/grpc-$2.bin" --log-file="$log" "${URL[$1]}$INFER_PATH")"
+    sort -n -k3,3 "$log" | awk -F'\t' -v ok_bytes="${ANSWER_BYTES[$1,$2]}" -v summary="$summary" '
+        { lat[NR] = $3; sum += $3 }
+        END {
+            n = split(summary, lines, "\n")
+            for (i = 1; i <= n; i++) {
+                split(lines[i], f, /[ ,]+/)
+                if (lines[i] ~ /^finished in/) { rps = f[4] + 0 }
+                if (lines[i] ~ /^requests:/) { done = f[6]; failed = f[10] + f[12] + f[14] }
+                if (lines[i] ~ /^status codes:/) { ok2xx = f[3] }
+                if (lines[i] ~ /^traffic:/) { data = lines[i]; sub(/.*\(/, "", data); sub(/\).*/, "", data) }
+            }
+            # (a call cut off at the end of the run can add part of an answer to the traffic)
+            answered = ok_bytes > 0 ? int(data / ok_bytes) : done
+            good = ok2xx < answered ? ok2xx : answered
+            non2xx = good < done ? done - good : 0
+            printf "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%.1f p99_us=%.1f mean_us=%.1f errors=%d non2xx=%d\n",
+                done, (rps > 0 ? done / rps * 1e6 : 0), rps, lat[int(NR * 0.5 + 0.5)], lat[int(NR * 0.99 + 0.5)],
+                (NR ? sum / NR : 0), failed, non2xx
+        }'
 }
 for round in $(seq 1 "$ROUNDS"); do
 for model in $MODELS; do
     for t in $TARGETS; do
-        run_wrk "$t" "$model" 8 "$WARMUP" >/dev/null
+        run_load "$t" "$model" 8 "$WARMUP" >/dev/null
     done
     for c in $CONNS; do
         for t in $TARGETS; do
@@ -177,7 +289,7 @@ for model in $MODELS; do
             before="$(bench_cpu_ticks ${PIDS[$t]})"
             # shellcheck disable=SC2086
             agent_before="$(bench_cpu_ticks ${AGENT_PIDS[*]})"
-            line="$(run_wrk "$t" "$model" "$c" "$DURATION")"
+            line="$(run_load "$t" "$model" "$c" "$DURATION")"
             # shellcheck disable=SC2086
             after="$(bench_cpu_ticks ${PIDS[$t]})"
             # shellcheck disable=SC2086
@@ -198,8 +310,13 @@ done
 # per round against that round's direct run; every figure is the median over the rounds.
 report() {
     bench_header "Data-plane benchmark" "$CMD"
-    printf 'wrk %s, %s s per run (+%s s warm-up per target and model), threads = min(conns, 2), ' \
-        "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$DURATION" "$WARMUP"
+    if [[ "$PROTOCOL" == rest ]]; then
+        printf 'V2 REST infer; wrk %s' "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
+    else
+        printf 'V2 gRPC ModelInfer; h2load %s (%s call(s) at a time per connection)' \
+            "$(h2load --version | awk 'NR == 1 { print $2 }')" "$STREAMS"
+    fi
+    printf ', %s s per run (+%s s warm-up per target and model), threads = min(conns, 2), ' "$DURATION" "$WARMUP"
     printf 'nginx %s (1 worker, keepalive upstream), nothing pinned, CLK_TCK %s.\n\n' \
         "$(nginx -v 2>&1 | sed 's|.*/||')" "$CLK_TCK"
     if ((ROUNDS > 1)); then

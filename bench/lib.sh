@@ -124,11 +124,12 @@ bench_header() {
     printf -- '- machine: %s; load average at start: %s\n' "$(bench_machine)" "$(cut -d' ' -f1-3 /proc/loadavg)"
     printf -- '- commit: %s%s\n' "$(git -C "$BENCH_ROOT" rev-parse --short HEAD)" \
         "$(git -C "$BENCH_ROOT" diff --quiet HEAD -- crates 2>/dev/null || echo ' (crates/ has uncommitted changes)')"
+    [[ -z "${COSCALE_BIN:-}" ]] || printf -- '- binary measured: %s (COSCALE_BIN)\n' "$COSCALE_BIN"
     printf -- '- command: `%s`\n\n' "$cmd"
 }
 
 # coscale up on free ports: bench_up DATA_DIR [MANIFEST]; sets UP_PID and the endpoint variables
-# API, ROUTER_HTTP; waits until endpoints.json is written and the API answers.
+# API, ROUTER_HTTP, ROUTER_GRPC; waits until endpoints.json is written and the API answers.
 bench_up() {
     local dir="$1" manifest="${2:-}" args=()
     [[ -n "$manifest" ]] && args=(-f "$manifest")
@@ -140,6 +141,7 @@ bench_up() {
     bench_wait_file "$dir/endpoints.json" 30
     API="$(jq -r .api "$dir/endpoints.json")"
     ROUTER_HTTP="$(jq -r .router_http "$dir/endpoints.json")"
+    ROUTER_GRPC="$(jq -r .router_grpc "$dir/endpoints.json")"
     bench_wait_http "$ROUTER_HTTP/v2/health/live" 30 "$UP_PID"
 }
 
