@@ -47,6 +47,9 @@ const REPOSITORY_REFUSAL: &str =
 const WINDOW: u32 = 1 << 20;
 /// Largest header block accepted from clients and replicas.
 const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Calls a client may have open at once on one connection (hyper's default; each may hold a
+/// message of up to `grpc_max_message_bytes` in the router).
+const MAX_CALLS_PER_CONNECTION: u32 = 200;
 /// Bytes before a gRPC message: the compressed flag and the length (big-endian u32).
 const PREFIX: usize = 5;
 
@@ -139,6 +142,7 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
         .initial_window_size(WINDOW)
         .initial_connection_window_size(WINDOW)
         .max_header_list_size(MAX_HEADER_LIST)
+        .max_concurrent_streams(MAX_CALLS_PER_CONNECTION)
         .handshake::<_, Bytes>(stream);
     let mut conn = match tokio::time::timeout(config.client_timeout, handshake).await {
         Ok(Ok(conn)) => conn,
@@ -177,13 +181,24 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
 }
 
 /// One call: read, answer, write the answer back; counted in the metrics when it names a model.
+/// A call the client cancels (RST_STREAM, e.g. its deadline passed) is dropped at once, which
+/// cancels the replica's call too and frees the replica's slot.
 async fn call(
     handle: &RouterHandle,
     links: &Links,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
-    let answer = answer(handle, links, request).await;
+    let answer = {
+        let cancelled = std::future::poll_fn(|cx| respond.poll_reset(cx));
+        tokio::select! {
+            answer = answer(handle, links, request) => answer,
+            reason = cancelled => {
+                tracing::debug!(?reason, "the client cancelled a gRPC call");
+                return;
+            }
+        }
+    };
     if let Err(err) = answer.send(&mut respond) {
         tracing::debug!(%err, "writing a gRPC answer failed");
     }

@@ -48,6 +48,8 @@ struct FakeAgent {
     seen: Mutex<Vec<Seen>>,
     arrivals: watch::Sender<usize>,
     gate: Semaphore,
+    /// gRPC calls held (Mode::Hold) that were dropped before the gate let them go: cancelled.
+    abandoned: watch::Sender<usize>,
 }
 
 impl FakeAgent {
@@ -160,7 +162,18 @@ impl GrpcInferenceService for GrpcAgent {
         self.record_grpc(request.metadata(), &request.get_ref().model_name, raw);
         match self.mode {
             Mode::Fail500 => return Err(tonic::Status::internal("boom")),
-            Mode::Hold => drop(self.gate.acquire().await.unwrap()),
+            Mode::Hold => {
+                /// Counts the call as abandoned if it is dropped while waiting.
+                struct Waiting<'a>(&'a watch::Sender<usize>);
+                impl Drop for Waiting<'_> {
+                    fn drop(&mut self) {
+                        self.0.send_modify(|n| *n += 1);
+                    }
+                }
+                let waiting = Waiting(&self.abandoned);
+                drop(self.gate.acquire().await.unwrap());
+                std::mem::forget(waiting);
+            }
             Mode::Ok => {}
         }
         Ok(tonic::Response::new(ModelInferResponse {
@@ -210,6 +223,7 @@ async fn start_agent(name: &'static str, mode: Mode) -> (Arc<FakeAgent>, SocketA
         seen: Mutex::new(Vec::new()),
         arrivals: watch::channel(0).0,
         gate: Semaphore::new(0),
+        abandoned: watch::channel(0).0,
     });
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1046,6 +1060,49 @@ async fn stopping_lets_a_grpc_call_in_flight_finish() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn a_grpc_call_the_client_cancels_is_cancelled_at_the_replica_and_frees_its_slot() {
+    let (agent, router) = one_agent_router("a", Mode::Hold).await;
+    // Two handles on one connection: the connection outlives the cancelled call.
+    let mut client = router.grpc_client().await;
+    let mut canceller = client.clone();
+    let infer = || ModelInferRequest {
+        model_name: "m".into(),
+        ..Default::default()
+    };
+    let call = tokio::spawn(async move { canceller.model_infer(infer()).await });
+    let mut arrivals = agent.arrivals.subscribe();
+    tokio::time::timeout(DEADLINE, arrivals.wait_for(|n| *n == 1))
+        .await
+        .expect("the call reaches the replica")
+        .unwrap();
+    let inflight = "coscale_router_inflight_requests";
+    assert_eq!(metric_value(&router.metrics().await, inflight), Some(1.0));
+    // Dropping the call resets its stream (CANCEL); the replica is never let go.
+    call.abort();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while metric_value(&router.metrics().await, inflight) != Some(0.0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call is still in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The replica's call was cancelled too (its handler dropped while it waited).
+    let mut abandoned = agent.abandoned.subscribe();
+    tokio::time::timeout(DEADLINE, abandoned.wait_for(|n| *n == 1))
+        .await
+        .expect("the replica's call is cancelled")
+        .unwrap();
+    // The connection serves the next call.
+    agent.gate.add_permits(1);
+    assert_eq!(
+        client.model_infer(infer()).await.unwrap().into_inner().id,
+        "a"
+    );
+    router.shutdown().await;
+}
+
 /// One HTTP/2 request with exactly these fields and body; the answer's status, fields, body and
 /// trailers.
 async fn raw_h2(
@@ -1566,6 +1623,7 @@ async fn a_replica_with_a_rest_socket_is_reached_over_it() {
         seen: Mutex::new(Vec::new()),
         arrivals: watch::channel(0).0,
         gate: Semaphore::new(0),
+        abandoned: watch::channel(0).0,
     });
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s-0.sock");
