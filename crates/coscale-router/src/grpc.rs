@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -36,6 +38,7 @@ use crate::error::{Failure, RouteError};
 use crate::handle::{lock, RouterHandle};
 use crate::metrics::GRPC;
 use crate::name::validate_model_name;
+use crate::pool::Pooled;
 use crate::rest::accept_loop;
 use crate::state::Picked;
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
@@ -66,30 +69,75 @@ pub(crate) async fn serve_grpc(
     .await;
 }
 
-/// An upstream connection's driver; resolves when the connection ends, with its address and id.
-type Driver = Pin<Box<dyn Future<Output = (SocketAddr, u64)> + Send>>;
+/// Identifies a [`Link`] (unique in the process: links move between client connections).
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
-/// The HTTP/2 connections to replicas that one client connection holds, by gRPC address. Their
-/// drivers are handed to the client connection's task ([`connection`]), which polls them with
-/// its own, so a call's request and answer move without waking any other task.
-struct Links {
-    held: Mutex<Held>,
-    drivers: mpsc::UnboundedSender<Driver>,
-    connect_timeout: Duration,
+/// An HTTP/2 connection to a replica's gRPC listener: the handle calls are sent on, and the
+/// future that drives the connection, which whichever client connection holds the link polls
+/// with its own task. When that client connection ends, the link goes to the shared idle pool
+/// ([`RouterHandle::links`]) for the next one.
+pub(crate) struct Link {
+    send: SendRequest<Bytes>,
+    drive: Drive,
 }
 
-#[derive(Default)]
-struct Held {
-    next_id: u64,
-    by_addr: HashMap<SocketAddr, (u64, SendRequest<Bytes>)>,
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("replica", &self.drive.addr)
+            .field("id", &self.drive.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pooled for Link {
+    fn replica(&self) -> SocketAddr {
+        self.drive.addr
+    }
+}
+
+/// Drives a [`Link`]'s connection; resolves, with the link's address and id, when it has ended.
+struct Drive {
+    addr: SocketAddr,
+    id: u64,
+    conn: Pin<Box<h2::client::Connection<TcpStream, Bytes>>>,
+}
+
+impl Future for Drive {
+    type Output = (SocketAddr, u64);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let ended = ready!(self.conn.as_mut().poll(cx));
+        if let Err(err) = ended {
+            tracing::debug!(addr = %self.addr, %err, "gRPC connection to a replica ended");
+        }
+        Poll::Ready((self.addr, self.id))
+    }
+}
+
+/// The links one client connection holds, by gRPC address. Their drivers are handed to the
+/// client connection's task ([`connection`]), which polls them with its own, so a call's request
+/// and answer move without waking any other task.
+struct Links {
+    held: Mutex<HashMap<SocketAddr, (u64, SendRequest<Bytes>)>>,
+    drivers: mpsc::UnboundedSender<Drive>,
+    connect_timeout: Duration,
 }
 
 impl Links {
     fn held(&self, addr: SocketAddr) -> Option<SendRequest<Bytes>> {
-        lock(&self.held).by_addr.get(&addr).map(|(_, s)| s.clone())
+        lock(&self.held).get(&addr).map(|(_, s)| s.clone())
     }
 
-    /// Opens a connection to `addr`, holds it (in place of any older one) and returns it.
+    /// Holds `link` (in place of any older link to its replica) and returns its handle.
+    fn hold(&self, link: Link) -> Option<SendRequest<Bytes>> {
+        let Link { send, drive } = link;
+        lock(&self.held).insert(drive.addr, (drive.id, send.clone()));
+        self.drivers.send(drive).ok()?;
+        Some(send)
+    }
+
+    /// Opens a connection to `addr`, holds it and returns its handle.
     async fn open(&self, addr: SocketAddr) -> Result<SendRequest<Bytes>, String> {
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
@@ -103,35 +151,33 @@ impl Links {
             .handshake::<_, Bytes>(tcp)
             .await
             .map_err(|e| e.to_string())?;
-        let id = {
-            let mut held = lock(&self.held);
-            held.next_id += 1;
-            let id = held.next_id;
-            held.by_addr.insert(addr, (id, send.clone()));
-            id
+        let drive = Drive {
+            addr,
+            id: NEXT_LINK.fetch_add(1, Ordering::Relaxed),
+            conn: Box::pin(conn),
         };
-        let driver: Driver = Box::pin(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%addr, %err, "gRPC connection to a replica ended");
-            }
-            (addr, id)
-        });
-        self.drivers
-            .send(driver)
-            .map_err(|_| "the client connection is closing".to_owned())?;
-        Ok(send)
+        self.hold(Link { send, drive })
+            .ok_or_else(|| "the client connection is closing".to_owned())
     }
 
-    /// Forgets the connection `id` to `addr` once it has ended (unless a newer one replaced it).
+    /// Forgets the link `id` to `addr` once it has ended (unless a newer one replaced it).
     fn ended(&self, addr: SocketAddr, id: u64) {
         let mut held = lock(&self.held);
-        if held
-            .by_addr
-            .get(&addr)
-            .is_some_and(|(held_id, _)| *held_id == id)
-        {
-            held.by_addr.remove(&addr);
+        if held.get(&addr).is_some_and(|(held_id, _)| *held_id == id) {
+            held.remove(&addr);
         }
+    }
+
+    /// The held links whose drivers are among `drivers`, for the idle pool.
+    fn into_links(self, drivers: impl IntoIterator<Item = Drive>) -> Vec<Link> {
+        let mut held = lock(&self.held);
+        drivers
+            .into_iter()
+            .filter_map(|drive| match held.remove(&drive.addr) {
+                Some((id, send)) if id == drive.id => Some(Link { send, drive }),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -150,7 +196,7 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
     };
     let (drivers_tx, mut new_drivers) = mpsc::unbounded_channel();
     let links = Links {
-        held: Mutex::new(Held::default()),
+        held: Mutex::new(HashMap::new()),
         drivers: drivers_tx,
         connect_timeout: config.connect_timeout,
     };
@@ -177,6 +223,15 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
                 conn.graceful_shutdown();
             }
         }
+    }
+    // The client is gone: its calls end here, its links go to the next client connection
+    // (unless the router is stopping).
+    drop(calls);
+    if !stopping {
+        while let Ok(drive) = new_drivers.try_recv() {
+            drivers.push(drive);
+        }
+        handle.links().put(links.into_links(drivers));
     }
 }
 
@@ -559,9 +614,9 @@ impl Upstream {
     }
 }
 
-/// One call to one replica within the request timeout: on the held connection if there is one
-/// (again on a new connection if that one turns out to have been closed meanwhile), else on a
-/// new connection.
+/// One call to one replica within the request timeout: on the held link to it, else on an idle
+/// one from the pool (again on a new connection if that one turns out to have been closed
+/// meanwhile), else on a new connection.
 async fn attempt(
     handle: &RouterHandle,
     links: &Links,
@@ -591,10 +646,13 @@ async fn attempt(
     };
     let limit = config.grpc_max_message_bytes;
     let run = async {
-        if let Some(send) = links.held(addr) {
+        let kept = links
+            .held(addr)
+            .or_else(|| links.hold(handle.links().take(addr)?));
+        if let Some(send) = kept {
             match exchange(send, request()?, framed.clone(), limit).await {
                 Ok(upstream) => return Ok(upstream),
-                // A held connection the replica closed meanwhile: not the replica's failure.
+                // A kept connection the replica closed meanwhile: not the replica's failure.
                 Err(Failure::NoAnswer(_)) => {}
                 Err(failure) => return Err(failure),
             }

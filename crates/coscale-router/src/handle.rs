@@ -2,7 +2,7 @@
 //!
 //! It owns the synchronous [`RouterState`] (behind a short-held mutex), follows the control
 //! plane's routing-table watch channel lazily (each pick checks for a newer table), and keeps
-//! the idle REST connections to replicas.
+//! the idle REST and gRPC connections to replicas.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,11 +11,13 @@ use tokio::sync::watch;
 
 use crate::config::RouterConfig;
 use crate::error::RouteError;
+use crate::grpc::Link;
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::state::{Picked, RouterState};
-use crate::upstream::Pool;
+use crate::upstream::Upstream;
 
-/// Shared router: configuration, routing state, metrics and idle REST connections to replicas.
+/// Shared router: configuration, routing state, metrics and idle connections to replicas.
 #[derive(Debug, Clone)]
 pub struct RouterHandle {
     inner: Arc<Inner>,
@@ -27,13 +29,15 @@ struct Inner {
     table: watch::Receiver<Arc<RoutingTable>>,
     state: Mutex<RouterState>,
     metrics: Metrics,
-    pool: Pool,
+    pool: Pool<Upstream>,
+    links: Pool<Link>,
 }
 
 impl RouterHandle {
     /// A router following the routing tables published on `table`.
     pub fn new(config: RouterConfig, table: watch::Receiver<Arc<RoutingTable>>) -> Self {
         let pool = Pool::new(config.pool_max_idle_per_host, config.pool_idle_timeout);
+        let links = Pool::new(config.pool_max_idle_per_host, config.pool_idle_timeout);
         let state = Mutex::new(RouterState::new(table.borrow().clone()));
         RouterHandle {
             inner: Arc::new(Inner {
@@ -42,6 +46,7 @@ impl RouterHandle {
                 state,
                 metrics: Metrics::default(),
                 pool,
+                links,
             }),
         }
     }
@@ -76,8 +81,13 @@ impl RouterHandle {
     }
 
     /// Idle REST connections to replicas.
-    pub(crate) fn pool(&self) -> &Pool {
+    pub(crate) fn pool(&self) -> &Pool<Upstream> {
         &self.inner.pool
+    }
+
+    /// Idle HTTP/2 connections to replicas' gRPC listeners.
+    pub(crate) fn links(&self) -> &Pool<Link> {
+        &self.inner.links
     }
 
     /// The state, switched to the newest published table first.

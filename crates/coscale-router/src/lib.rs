@@ -19,6 +19,7 @@ mod h1;
 mod handle;
 mod metrics;
 mod name;
+mod pool;
 mod rest;
 mod serve;
 mod state;

@@ -23,8 +23,9 @@ use crate::h1::{self, BodyError, Framing, HeadError, RequestHead};
 use crate::handle::RouterHandle;
 use crate::metrics::REST;
 use crate::name::{decode_model_segment, validate_model_name};
+use crate::pool::Pool;
 use crate::state::{Picked, Replica};
-use crate::upstream::{exchange, Answer, ExchangeError, Pool, Upstream, Upstreams};
+use crate::upstream::{exchange, Answer, ExchangeError, Upstream, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const MODELS_PREFIX: &str = "/v2/models/";
@@ -572,7 +573,7 @@ struct Outgoing<'a> {
     /// Largest answer body taken.
     limit: usize,
     /// Where held connections beyond the per-client limit go.
-    pool: &'a Pool,
+    pool: &'a Pool<Upstream>,
 }
 
 impl Outgoing<'_> {

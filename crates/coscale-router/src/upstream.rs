@@ -4,17 +4,15 @@
 //! Each client connection keeps the replica connections it used ([`Upstreams`]): the next
 //! request to the same replica goes out on the same socket from the same task, with no pool lock
 //! and no hand-over to another task. When the client goes away its connections move to the
-//! shared idle [`Pool`], from which new client connections take them. A replica that has a
+//! shared idle [`crate::pool::Pool`], from which new client connections take them. A replica that has a
 //! REST Unix socket (local replicas of `coscale up`) is reached over it, else over TCP.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use coscale_net::UnixConn;
@@ -22,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::h1::{self, Framing, ResponseHead};
+use crate::pool::Pooled;
 
 /// A connection to a replica: TCP, or its Unix socket.
 #[derive(Debug)]
@@ -79,7 +78,6 @@ pub(crate) struct Upstream {
     buf: BytesMut,
     /// Whether a request went out on it before (it may have been closed by the replica since).
     reused: bool,
-    idle_since: Instant,
 }
 
 impl Upstream {
@@ -111,13 +109,18 @@ impl Upstream {
             stream,
             buf: BytesMut::with_capacity(8 * 1024),
             reused: false,
-            idle_since: Instant::now(),
         })
     }
 
     /// Whether a request went out on this connection before.
     pub(crate) fn reused(&self) -> bool {
         self.reused
+    }
+}
+
+impl Pooled for Upstream {
+    fn replica(&self) -> SocketAddr {
+        self.addr
     }
 }
 
@@ -189,51 +192,6 @@ pub(crate) async fn exchange(
         .map_err(|e| ExchangeError::Broken(format!("answer {e}")))?;
     let reusable = framing != Framing::UntilClose && head.keep_alive() && conn.buf.is_empty();
     Ok((Answer { head, body }, reusable.then_some(conn)))
-}
-
-/// Idle connections to replicas, shared by all client connections.
-#[derive(Debug)]
-pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
-    max_per_replica: usize,
-    idle_timeout: Duration,
-}
-
-impl Pool {
-    pub(crate) fn new(max_per_replica: usize, idle_timeout: Duration) -> Self {
-        Pool {
-            idle: Mutex::new(HashMap::new()),
-            max_per_replica,
-            idle_timeout,
-        }
-    }
-
-    /// The most recently idled connection to `addr` that has not been idle too long.
-    pub(crate) fn take(&self, addr: SocketAddr) -> Option<Upstream> {
-        let mut idle = crate::handle::lock(&self.idle);
-        let conns = idle.get_mut(&addr)?;
-        let fresh = |c: &Upstream| c.idle_since.elapsed() < self.idle_timeout;
-        conns.retain(fresh);
-        conns.pop()
-    }
-
-    /// Keeps `conns` for later, dropping (closing) those over the per-replica limit and any
-    /// that have been idle too long.
-    pub(crate) fn put(&self, conns: impl IntoIterator<Item = Upstream>) {
-        let mut idle = crate::handle::lock(&self.idle);
-        let now = Instant::now();
-        for mut conn in conns {
-            conn.idle_since = now;
-            let list = idle.entry(conn.addr).or_default();
-            if list.len() < self.max_per_replica {
-                list.push(conn);
-            }
-        }
-        idle.retain(|_, list| {
-            list.retain(|c| now.duration_since(c.idle_since) < self.idle_timeout);
-            !list.is_empty()
-        });
-    }
 }
 
 /// Most replica connections one client connection holds; the oldest beyond go to the pool (so
@@ -418,23 +376,5 @@ mod tests {
         let evicted = held.keep(connect(addr).await).expect("the oldest goes");
         assert_eq!(port(&evicted), first_port);
         assert_eq!(held.into_inner().len(), MAX_HELD);
-    }
-
-    #[tokio::test]
-    async fn the_pool_keeps_at_most_its_limit_per_replica_and_forgets_stale_connections() {
-        let addr = replica(b"", false).await;
-        let pool = Pool::new(2, Duration::from_secs(60));
-        let conns = vec![
-            connect(addr).await,
-            connect(addr).await,
-            connect(addr).await,
-        ];
-        pool.put(conns);
-        assert!(pool.take(addr).is_some());
-        assert!(pool.take(addr).is_some());
-        assert!(pool.take(addr).is_none());
-        let stale = Pool::new(2, Duration::ZERO);
-        stale.put(vec![connect(addr).await]);
-        assert!(stale.take(addr).is_none());
     }
 }

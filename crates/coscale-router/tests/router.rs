@@ -1196,9 +1196,11 @@ async fn grpc_requests_are_checked_before_anything_is_forwarded() {
     router.shutdown().await;
 }
 
-/// A gRPC replica on the h2 crate that answers ModelInfer with an empty message and then closes
-/// the connection (GOAWAY): every call needs a new connection. Counts the connections.
-async fn one_call_per_connection_replica() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// A gRPC replica on the h2 crate that answers every call with an empty message, and with
+/// `close_after_each_call` then closes the connection (GOAWAY). Counts the connections.
+async fn h2_replica(
+    close_after_each_call: bool,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1209,7 +1211,7 @@ async fn one_call_per_connection_replica() -> (SocketAddr, Arc<std::sync::atomic
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut conn = h2::server::handshake(tcp).await.unwrap();
-                if let Some(Ok((request, mut respond))) = conn.accept().await {
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
                     let mut body = request.into_body();
                     while let Some(chunk) = body.data().await {
                         let _ = body.flow_control().release_capacity(chunk.unwrap().len());
@@ -1225,8 +1227,9 @@ async fn one_call_per_connection_replica() -> (SocketAddr, Arc<std::sync::atomic
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "0".parse().unwrap());
                     stream.send_trailers(trailers).unwrap();
-                    conn.graceful_shutdown();
-                    while conn.accept().await.is_some() {}
+                    if close_after_each_call {
+                        conn.graceful_shutdown();
+                    }
                 }
             });
         }
@@ -1236,7 +1239,7 @@ async fn one_call_per_connection_replica() -> (SocketAddr, Arc<std::sync::atomic
 
 #[tokio::test]
 async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_elsewhere() {
-    let (replica, connections) = one_call_per_connection_replica().await;
+    let (replica, connections) = h2_replica(true).await;
     let unused = closed_addr().await;
     let router = TestRouter::start(
         RouterConfig::default(),
@@ -1257,6 +1260,40 @@ async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_e
         metric_value(&text, "coscale_router_retries_total"),
         Some(0.0)
     );
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_clients_that_connect_for_each_call_share_the_routers_connection_to_the_replica() {
+    let (replica, connections) = h2_replica(false).await;
+    let unused = closed_addr().await;
+    let router = TestRouter::start(
+        RouterConfig::default(),
+        table(vec![("m", vec![endpoint("s", 0, 1, unused, replica)])]),
+    )
+    .await;
+    // Each client makes one call on a connection of its own and goes away. Once the router has
+    // seen a client leave before the next one calls, the next call goes out on the connection
+    // to the replica that the client before it left behind.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut clients = 0;
+    loop {
+        let mut client = router.grpc_client().await;
+        let call = ModelInferRequest {
+            model_name: "m".into(),
+            ..Default::default()
+        };
+        client.model_infer(call).await.unwrap();
+        drop(client);
+        clients += 1;
+        if connections.load(std::sync::atomic::Ordering::SeqCst) < clients {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{clients} clients, each with a connection of its own to the replica"
+        );
+    }
     router.shutdown().await;
 }
 
