@@ -125,6 +125,7 @@ bench_header() {
     printf -- '- commit: %s%s\n' "$(git -C "$BENCH_ROOT" rev-parse --short HEAD)" \
         "$(git -C "$BENCH_ROOT" diff --quiet HEAD -- crates 2>/dev/null || echo ' (crates/ has uncommitted changes)')"
     [[ -z "${COSCALE_BIN:-}" ]] || printf -- '- binary measured: %s (COSCALE_BIN)\n' "$COSCALE_BIN"
+    [[ -z "${COSCALE_ROUTER_THREADS:-}" ]] || printf -- '- router threads: %s (COSCALE_ROUTER_THREADS)\n' "$COSCALE_ROUTER_THREADS"
     printf -- '- command: `%s`\n\n' "$cmd"
 }
 
