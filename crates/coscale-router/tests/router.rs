@@ -276,9 +276,18 @@ fn table(models: Vec<(&str, Vec<Endpoint>)>) -> Arc<RoutingTable> {
 
 /// A router with default settings routing model `m` to one fresh fake agent.
 async fn one_agent_router(name: &'static str, mode: Mode) -> (Arc<FakeAgent>, TestRouter) {
+    one_agent_router_with(RouterConfig::default(), name, mode).await
+}
+
+/// A router with `config` and one fake agent holding model `m`.
+async fn one_agent_router_with(
+    config: RouterConfig,
+    name: &'static str,
+    mode: Mode,
+) -> (Arc<FakeAgent>, TestRouter) {
     let (agent, http, grpc) = start_agent(name, mode).await;
     let router = TestRouter::start(
-        RouterConfig::default(),
+        config,
         table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
     )
     .await;
@@ -673,16 +682,11 @@ async fn a_replica_answering_500_is_not_retried_and_its_answer_passes_through() 
 
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413_and_is_not_forwarded() {
-    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
     let config = RouterConfig {
         body_limit_bytes: 1024,
         ..RouterConfig::default()
     };
-    let router = TestRouter::start(
-        config,
-        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
-    )
-    .await;
+    let (agent, router) = one_agent_router_with(config, "a", Mode::Ok).await;
     let response = router
         .client
         .post(router.url("/v2/models/m/infer"))
@@ -1004,16 +1008,11 @@ async fn grpc_calls_on_one_connection_are_multiplexed_and_large_messages_pass_bo
 
 #[tokio::test]
 async fn a_grpc_message_over_the_limit_is_refused_and_not_forwarded() {
-    let (agent, http, grpc) = start_agent("a", Mode::Ok).await;
     let config = RouterConfig {
         grpc_max_message_bytes: 1024,
         ..RouterConfig::default()
     };
-    let router = TestRouter::start(
-        config,
-        table(vec![("m", vec![endpoint("s", 0, 1, http, grpc)])]),
-    )
-    .await;
+    let (agent, router) = one_agent_router_with(config, "a", Mode::Ok).await;
     let mut client = router.grpc_client().await;
     let call = |size: usize| ModelInferRequest {
         model_name: "m".into(),
