@@ -77,6 +77,9 @@ pub struct AgentConfig {
     /// Most inferences the built-in runtime runs at a time on this replica (None: one per
     /// core); the others queue inside the agent and count as inference lag.
     pub inference_parallelism: Option<usize>,
+    /// The longest predicted inference the built-in runtime runs inline on the worker that
+    /// read the request ([`coscale_runtime::Engine::infer_on_worker`]).
+    pub inline_budget: Duration,
 }
 
 impl AgentConfig {
@@ -105,6 +108,7 @@ impl AgentConfig {
             mlserver_url: None,
             models_dir: None,
             inference_parallelism: None,
+            inline_budget: coscale_runtime::INLINE_BUDGET,
         }
     }
 }

@@ -349,6 +349,12 @@ pub struct AgentArgs {
     /// replicas take it from the environment.
     #[arg(long, env = "COSCALE_INFERENCE_PARALLELISM", default_value_t = 0)]
     pub inference_parallelism: usize,
+    /// The built-in runtime runs an inference inline on the thread that read the request when
+    /// no other inference is running and the model's measured cost predicts it fits this many
+    /// microseconds; otherwise it hands the thread over so that arriving requests are still
+    /// read (and counted as inference lag). `coscale up`'s replicas take it from the environment.
+    #[arg(long, env = "COSCALE_INLINE_BUDGET_US", default_value_t = 1000)]
+    pub inline_budget_us: u64,
     /// Also serve the REST data plane on this Unix-domain socket (mode 0600; a stale socket
     /// there is replaced). `coscale up` gives one to each local replica, and its router then
     /// forwards over it instead of TCP on loopback.
@@ -409,6 +415,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     cfg.mlserver_url = a.mlserver_url.filter(|u| !u.is_empty());
     cfg.models_dir = a.models_dir;
     cfg.inference_parallelism = (a.inference_parallelism > 0).then_some(a.inference_parallelism);
+    cfg.inline_budget = Duration::from_micros(a.inline_budget_us);
     cfg.exit_after_disconnect =
         (a.exit_after_disconnect > 0).then(|| Duration::from_secs(a.exit_after_disconnect));
     // SIGINT (Ctrl-C, also sent to `coscale up`'s children) stops at once; SIGTERM
@@ -444,10 +451,14 @@ pub struct RuntimeArgs {
     pub load: Vec<String>,
     #[arg(long, default_value_t = 64 << 20)]
     pub body_limit: usize,
+    /// As for `coscale agent`: the longest predicted inference run inline.
+    #[arg(long, env = "COSCALE_INLINE_BUDGET_US", default_value_t = 1000)]
+    pub inline_budget_us: u64,
 }
 
 pub async fn runtime(a: RuntimeArgs) -> anyhow::Result<ExitCode> {
-    let engine = Arc::new(coscale_runtime::Engine::new());
+    let budget = Duration::from_micros(a.inline_budget_us);
+    let engine = Arc::new(coscale_runtime::Engine::with_inline_budget(budget));
     for name in &a.load {
         coscale_runtime::load_from_repository(&engine, &a.repository, name)
             .with_context(|| format!("cannot load {name}"))?;

@@ -200,3 +200,46 @@ async fn after_a_model_is_removed_the_server_packs_and_releases_a_replica() {
         s.events
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_at_a_busy_built_in_replica_count_in_its_inference_lag() {
+    // One replica, no autoscaling, 16 clients: the replica cannot keep up, so requests queue
+    // there. They must queue where the agent counts them (waiting for an inference slot) and
+    // not unread in its sockets behind workers that all compute inline, which the inference
+    // lag (in flight, as pushed to the control plane) would not see: with every worker busy
+    // inline it stayed at 0-2 whatever the load, and the native autoscaler never scaled.
+    // A budget long enough that the models of a debug build run inline, as in a release build.
+    let up = Up::start_env("lag", &[], &[("COSCALE_INLINE_BUDGET_US", "1000000")]).await;
+    let manifests = format!(
+        "{}---\n{}",
+        server_yaml("pool", 1),
+        model_yaml("mlp", "iris", 1)
+    );
+    up.apply_text("m.yaml", &manifests).await.unwrap();
+    up.wait_available("mlp", 1).await;
+    // The first inferences of a model are not yet measured as short and never run inline.
+    let warm_up = Traffic::start(&up, "mlp", 1).await;
+    warm_up.wait_served(20).await;
+    let (_, errors) = warm_up.stop().await;
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
+    let settled = wait_for(
+        "the warm-up to leave the lag",
+        Duration::from_secs(30),
+        || async { (up.model("mlp").await?.in_flight == 0).then_some(()) },
+    );
+    settled.await;
+    let traffic = Traffic::start(&up, "mlp", 16).await;
+    let lag = wait_for(
+        "an inference lag of at least 4 with 16 clients on one replica",
+        Duration::from_secs(60),
+        || async {
+            let m = up.model("mlp").await?;
+            (m.in_flight >= 4).then_some(m.in_flight)
+        },
+    )
+    .await;
+    let (ok, errors) = traffic.stop().await;
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
+    assert!(ok > 0);
+    assert!(lag <= 16, "more in flight than clients: {lag}");
+}

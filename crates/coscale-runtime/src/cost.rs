@@ -9,13 +9,16 @@ use std::time::Duration;
 use coscale_api::v2::InferRequest;
 
 /// An inference expected to take at most this long runs on the async worker that received
-/// the request; a longer one hands the worker over (`block_in_place`) so that requests that
-/// arrive meanwhile are still accepted and counted as in flight. The hand-over wakes another
+/// the request if no other inference is running; a longer one, or one that starts while another
+/// runs, hands the worker over (`block_in_place`) so that requests that arrive meanwhile are
+/// still accepted and counted as in flight (with every worker computing inline, none would read
+/// them: the queue would sit unread in socket buffers and the inference lag would not see it). The hand-over wakes another
 /// thread to take the worker's place and switches context at least twice: in a profile of the
 /// agent serving iris-mlp (~124 µs per inference) at 8 connections, 14 runtime threads took
 /// turns and 22 % of the samples were in the kernel. That is most of the work of a small model
 /// and a few per cent of a 1 ms one. Meanwhile requests on the busy worker's connections wait
-/// unread for at most about this long (the other workers keep accepting).
+/// unread for at most about this long (the other workers keep accepting, as only one computes
+/// inline at a time).
 pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
 
 /// The measured cost of one model's inferences: a moving average of nanoseconds per input

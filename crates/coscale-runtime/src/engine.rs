@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::{anyhow as format_err, bail};
 use coscale_api::pb::inference as pb;
@@ -106,9 +108,38 @@ enum Slot {
 }
 
 /// Loaded models by name. Share it as `Arc<Engine>`; every method takes `&self`.
-#[derive(Default)]
 pub struct Engine {
     models: RwLock<HashMap<String, Slot>>,
+    /// Inferences running now from [`Engine::infer_on_worker`], over all models.
+    running: AtomicUsize,
+    /// The longest predicted inference [`Engine::infer_on_worker`] runs inline.
+    inline_budget: Duration,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::with_inline_budget(INLINE_BUDGET)
+    }
+}
+
+/// One inference counted in [`Engine`]'s `running` while it lives.
+struct Running<'a> {
+    count: &'a AtomicUsize,
+    /// Inferences that were running when this one started.
+    others: usize,
+}
+
+impl<'a> Running<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let others = count.fetch_add(1, Ordering::AcqRel);
+        Running { count, others }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Checks a V2 model name: `[A-Za-z0-9._-]`, 1–255 characters, not `.` or `..`.
@@ -131,6 +162,16 @@ impl Engine {
     /// An engine with no models.
     pub fn new() -> Engine {
         Engine::default()
+    }
+
+    /// An engine with no models that runs inferences predicted to take at most `budget`
+    /// inline (see [`Engine::infer_on_worker`]; the default is [`INLINE_BUDGET`]).
+    pub fn with_inline_budget(budget: Duration) -> Engine {
+        Engine {
+            models: RwLock::default(),
+            running: AtomicUsize::new(0),
+            inline_budget: budget,
+        }
     }
 
     /// Loads (or reloads) model `name` from `artifact`: a `.onnx` file, or a folder holding
@@ -233,9 +274,12 @@ impl Engine {
         self.get(name)?.infer(name, request)
     }
 
-    /// [`Engine::infer`] from async code on a tokio worker: inline when the model's measured
-    /// cost predicts the inference fits [`INLINE_BUDGET`], else with the worker handed over
-    /// (`block_in_place`; inline on a current-thread runtime, which has no other worker).
+    /// [`Engine::infer`] from async code on a tokio worker: inline when no other inference is
+    /// running and the model's measured cost predicts this one fits the inline budget, else
+    /// with the worker handed over (`block_in_place`; inline on a current-thread runtime, which
+    /// has no other worker). So at most one worker computes inline and the others keep reading
+    /// requests while inferences run: requests that wait are in the handlers, where they count
+    /// as in flight (the inference lag), not unread in socket buffers.
     pub fn infer_on_worker(
         &self,
         name: &str,
@@ -246,11 +290,14 @@ impl Engine {
         let started = std::time::Instant::now();
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let result = if !multi_thread || model.cost.fits(elements, INLINE_BUDGET) {
+        let running = Running::enter(&self.running);
+        let alone = running.others == 0;
+        let result = if !multi_thread || (alone && model.cost.fits(elements, self.inline_budget)) {
             model.infer(name, request)
         } else {
             tokio::task::block_in_place(|| model.infer(name, request))
         };
+        drop(running);
         if result.is_ok() {
             model.cost.record(elements, started.elapsed());
         }

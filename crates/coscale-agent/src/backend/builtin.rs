@@ -30,15 +30,15 @@ pub struct Builtin {
 }
 
 impl Builtin {
-    pub fn new() -> Self {
-        let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_parallelism(parallelism)
-    }
-
     /// At most `parallelism` inferences at a time (at least one).
     pub fn with_parallelism(parallelism: usize) -> Self {
+        Self::with_engine(parallelism, Engine::new())
+    }
+
+    /// At most `parallelism` inferences at a time (at least one) on `engine`.
+    pub fn with_engine(parallelism: usize, engine: Engine) -> Self {
         Self {
-            engine: Arc::new(Engine::new()),
+            engine: Arc::new(engine),
             parallelism: parallelism.max(1),
             permits: tokio::sync::Semaphore::new(parallelism.max(1)),
             queued: AtomicUsize::new(0),
@@ -55,12 +55,6 @@ impl Builtin {
     /// Requests waiting for an inference slot now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for Builtin {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -111,12 +111,14 @@ impl Backend for Unavailable {
     }
 }
 
-/// The built-in runtime with the replica's inference parallelism (default: one per core).
+/// The built-in runtime with the replica's inference parallelism (default: one per core) and
+/// inline budget.
 fn builtin(config: &AgentConfig) -> Builtin {
-    match config.inference_parallelism {
-        Some(n) => Builtin::with_parallelism(n),
-        None => Builtin::new(),
-    }
+    let parallelism = config.inference_parallelism.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let engine = coscale_runtime::Engine::with_inline_budget(config.inline_budget);
+    Builtin::with_engine(parallelism, engine)
 }
 
 /// Picks the backend for the agent's runtime (`builtin`, `mlserver`, `triton`).
