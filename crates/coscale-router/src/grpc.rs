@@ -28,6 +28,7 @@ use h2::client::SendRequest;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::header::CONTENT_TYPE;
+use http::uri::Scheme;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
@@ -628,12 +629,12 @@ async fn attempt(
     let replica = picked.replica();
     let addr = replica.endpoint.grpc;
     let request = || {
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(addr.to_string())
-            .path_and_query(parts.uri.path())
-            .build()
-            .map_err(|e| Failure::NoAnswer(format!("bad replica address {addr}: {e}")))?;
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(replica.grpc_authority.clone());
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        let uri = Uri::from_parts(uri)
+            .map_err(|e| Failure::NoAnswer(format!("bad URI for replica {addr}: {e}")))?;
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;

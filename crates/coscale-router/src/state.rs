@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use coscale_api::routing::{Endpoint, RoutingTable};
+use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::error::RouteError;
@@ -29,6 +30,8 @@ pub struct Replica {
     /// `seldon-model` and `seldon-internal-model` values of a forwarded gRPC call.
     pub(crate) model_header: HeaderValue,
     pub(crate) internal_header: HeaderValue,
+    /// The authority (`host:port`) of a forwarded gRPC call's URI.
+    pub(crate) grpc_authority: Authority,
     counter: Arc<AtomicUsize>,
 }
 
@@ -38,6 +41,7 @@ impl Replica {
         // Names that cannot be header values are refused here, so forwarding cannot fail on them.
         let model_header = HeaderValue::from_str(model).ok()?;
         let internal_header = HeaderValue::from_str(&internal_name).ok()?;
+        let grpc_authority = Authority::try_from(endpoint.grpc.to_string()).ok()?;
         let rest_fields = format!(
             "host: {}\r\n{SELDON_MODEL}: {model}\r\n{SELDON_INTERNAL_MODEL}: {internal_name}\r\n",
             endpoint.http
@@ -46,6 +50,7 @@ impl Replica {
             rest_fields,
             model_header,
             internal_header,
+            grpc_authority,
             model: model.to_owned(),
             endpoint: endpoint.clone(),
             internal_name,
