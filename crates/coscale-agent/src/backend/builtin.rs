@@ -16,8 +16,8 @@ use super::{artifact_size, Backend};
 /// permit *inside* the request handler, in arrival order (the semaphore is fair), so they count
 /// as in flight: the inference lag the autoscaler reads includes the queue, as it would for a
 /// remote inference server. A permitted inference runs as the runtime alone runs it
-/// ([`Engine::infer_on_worker`]): inline when its model's recent cost predicts it fits
-/// [`coscale_runtime::INLINE_BUDGET`], else through `block_in_place`.
+/// ([`Engine::infer_on_worker`]): inline when no other inference is running and its model's
+/// recent cost predicts it fits the engine's inline budget, else through `block_in_place`.
 pub struct Builtin {
     engine: Arc<Engine>,
     parallelism: usize,
@@ -30,13 +30,8 @@ pub struct Builtin {
 }
 
 impl Builtin {
-    /// At most `parallelism` inferences at a time (at least one).
-    pub fn with_parallelism(parallelism: usize) -> Self {
-        Self::with_engine(parallelism, Engine::new())
-    }
-
     /// At most `parallelism` inferences at a time (at least one) on `engine`.
-    pub fn with_engine(parallelism: usize, engine: Engine) -> Self {
+    pub fn new(parallelism: usize, engine: Engine) -> Self {
         Self {
             engine: Arc::new(engine),
             parallelism: parallelism.max(1),
@@ -146,7 +141,7 @@ mod tests {
     async fn iris_on_one_slot() -> Arc<Builtin> {
         let iris = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../examples/models/iris/model.onnx");
-        let backend = Arc::new(Builtin::with_parallelism(1));
+        let backend = Arc::new(Builtin::new(1, Engine::new()));
         backend.load("iris_1", &iris).await.unwrap();
         backend
     }
@@ -224,7 +219,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unknown_models_are_not_found() {
-        let backend = Builtin::with_parallelism(1);
+        let backend = Builtin::new(1, Engine::new());
         let err = backend.infer("nope_1", &iris_request()).await.unwrap_err();
         assert!(matches!(err, RuntimeError::NotFound(_)), "{err:?}");
     }

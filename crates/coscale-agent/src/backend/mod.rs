@@ -118,7 +118,7 @@ fn builtin(config: &AgentConfig) -> Builtin {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let engine = coscale_runtime::Engine::with_inline_budget(config.inline_budget);
-    Builtin::with_engine(parallelism, engine)
+    Builtin::new(parallelism, engine)
 }
 
 /// Picks the backend for the agent's runtime (`builtin`, `mlserver`, `triton`).
