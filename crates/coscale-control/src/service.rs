@@ -44,6 +44,22 @@ pub struct ControlConfig {
     pub token_review: Option<crate::auth::TokenReviewConfig>,
 }
 
+impl ControlConfig {
+    /// A control plane in `data_dir` with `token`, reconciling and taking agent stats every
+    /// second, default autoscaling and HPA settings, static-token authentication only.
+    pub fn new(data_dir: PathBuf, token: String) -> Self {
+        ControlConfig {
+            data_dir,
+            token,
+            reconcile_interval: Duration::from_secs(1),
+            stats_interval: Duration::from_secs(1),
+            autoscale: Default::default(),
+            hpa: Default::default(),
+            token_review: None,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     SystemTime::now()

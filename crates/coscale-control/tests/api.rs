@@ -1,8 +1,6 @@
 //! The REST API on 127.0.0.1 with a static token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
 use coscale_api::rest::{ErrorResponse, ServerConfigStatus};
 use coscale_control::service::{ControlConfig, ControlPlane};
 use serde_json::json;
@@ -15,16 +13,8 @@ const TOKEN: &str = "test-token";
 #[tokio::test]
 async fn an_applied_server_config_is_read_back_with_its_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::open(ControlConfig {
-        data_dir: dir.path().to_owned(),
-        token: TOKEN.to_owned(),
-        reconcile_interval: Duration::from_secs(1),
-        stats_interval: Duration::from_secs(1),
-        autoscale: Default::default(),
-        hpa: Default::default(),
-        token_review: None,
-    })
-    .unwrap();
+    let cp =
+        ControlPlane::open(ControlConfig::new(dir.path().to_owned(), TOKEN.to_owned())).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
     let app = coscale_control::api::router(cp);

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -141,13 +140,8 @@ async fn control_plane(api_server: &str, ca_pem: &[u8]) -> Cp {
             .unwrap();
     assert_eq!(review.namespace, NS);
     let cp = ControlPlane::open(ControlConfig {
-        data_dir: dir.clone(),
-        token: STATIC.to_owned(),
-        reconcile_interval: Duration::from_secs(1),
-        stats_interval: Duration::from_secs(1),
-        autoscale: Default::default(),
-        hpa: Default::default(),
         token_review: Some(review),
+        ..ControlConfig::new(dir.clone(), STATIC.to_owned())
     })
     .unwrap();
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -46,17 +46,11 @@ impl ControlPlane {
 async fn control_plane() -> ControlPlane {
     let dir = tempfile::tempdir().unwrap();
     let token = "test-token".to_owned();
-    let cp =
-        coscale_control::service::ControlPlane::open(coscale_control::service::ControlConfig {
-            data_dir: dir.path().to_owned(),
-            token: token.clone(),
-            reconcile_interval: Duration::from_millis(100),
-            stats_interval: Duration::from_secs(1),
-            autoscale: Default::default(),
-            hpa: Default::default(),
-            token_review: None,
-        })
-        .unwrap();
+    let config = coscale_control::service::ControlConfig {
+        reconcile_interval: Duration::from_millis(100),
+        ..coscale_control::service::ControlConfig::new(dir.path().to_owned(), token.clone())
+    };
+    let cp = coscale_control::service::ControlPlane::open(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = coscale_control::api::router(cp.clone());
