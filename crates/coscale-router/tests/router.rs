@@ -61,6 +61,23 @@ impl FakeAgent {
         self.seen.lock().unwrap().push(seen);
         self.arrivals.send_modify(|n| *n += 1);
     }
+
+    /// Waits until `n` requests have reached this agent.
+    async fn wait_arrivals(&self, n: usize, what: &str) {
+        let mut arrivals = self.arrivals.subscribe();
+        tokio::time::timeout(DEADLINE, arrivals.wait_for(|count| *count == n))
+            .await
+            .expect(what)
+            .unwrap();
+    }
+}
+
+/// A ModelInferRequest for `model` with nothing else set.
+fn infer_message(model: &str) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        ..Default::default()
+    }
 }
 
 fn header(request: &Request, name: &str) -> Option<String> {
@@ -855,17 +872,16 @@ async fn grpc_infer_is_forwarded_with_model_name_and_seldon_metadata() {
 async fn grpc_unknown_and_replicaless_models_get_not_found_and_unavailable() {
     let router = TestRouter::start(RouterConfig::default(), table(vec![("empty", vec![])])).await;
     let mut client = router.grpc_client().await;
-    let infer = |name: &str| ModelInferRequest {
-        model_name: name.into(),
-        ..Default::default()
-    };
-    let status = client.model_infer(infer("nope")).await.unwrap_err();
+    let status = client.model_infer(infer_message("nope")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(status.message(), "model nope not found");
-    let status = client.model_infer(infer("empty")).await.unwrap_err();
+    let status = client
+        .model_infer(infer_message("empty"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(status.message(), "model empty has no available replica");
-    let status = client.model_infer(infer("")).await.unwrap_err();
+    let status = client.model_infer(infer_message("")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     router.shutdown().await;
 }
@@ -897,10 +913,7 @@ async fn grpc_retries_a_refusing_replica_but_passes_replica_errors_through() {
     .await;
     let mut client = router.grpc_client().await;
     for _ in 0..2 {
-        let request = ModelInferRequest {
-            model_name: "m".into(),
-            ..Default::default()
-        };
+        let request = infer_message("m");
         assert_eq!(
             client.model_infer(request).await.unwrap().into_inner().id,
             "alive"
@@ -911,10 +924,7 @@ async fn grpc_retries_a_refusing_replica_but_passes_replica_errors_through() {
 
     let mut internal_errors = 0;
     for _ in 0..2 {
-        let request = ModelInferRequest {
-            model_name: "bad".into(),
-            ..Default::default()
-        };
+        let request = infer_message("bad");
         if let Err(status) = client.model_infer(request).await {
             assert_eq!(status.code(), tonic::Code::Internal);
             assert_eq!(status.message(), "boom");
@@ -1036,19 +1046,8 @@ async fn a_grpc_message_over_the_limit_is_refused_and_not_forwarded() {
 async fn stopping_lets_a_grpc_call_in_flight_finish() {
     let (agent, mut router) = one_agent_router("a", Mode::Hold).await;
     let mut client = router.grpc_client().await;
-    let call = tokio::spawn(async move {
-        client
-            .model_infer(ModelInferRequest {
-                model_name: "m".into(),
-                ..Default::default()
-            })
-            .await
-    });
-    let mut arrivals = agent.arrivals.subscribe();
-    tokio::time::timeout(DEADLINE, arrivals.wait_for(|n| *n == 1))
-        .await
-        .expect("the call reaches the replica")
-        .unwrap();
+    let call = tokio::spawn(async move { client.model_infer(infer_message("m")).await });
+    agent.wait_arrivals(1, "the call reaches the replica").await;
     router.stop.take().unwrap().send(()).unwrap();
     agent.gate.add_permits(1);
     let answer = tokio::time::timeout(DEADLINE, call).await.unwrap().unwrap();
@@ -1065,16 +1064,8 @@ async fn a_grpc_call_the_client_cancels_is_cancelled_at_the_replica_and_frees_it
     // Two handles on one connection: the connection outlives the cancelled call.
     let mut client = router.grpc_client().await;
     let mut canceller = client.clone();
-    let infer = || ModelInferRequest {
-        model_name: "m".into(),
-        ..Default::default()
-    };
-    let call = tokio::spawn(async move { canceller.model_infer(infer()).await });
-    let mut arrivals = agent.arrivals.subscribe();
-    tokio::time::timeout(DEADLINE, arrivals.wait_for(|n| *n == 1))
-        .await
-        .expect("the call reaches the replica")
-        .unwrap();
+    let call = tokio::spawn(async move { canceller.model_infer(infer_message("m")).await });
+    agent.wait_arrivals(1, "the call reaches the replica").await;
     let inflight = "coscale_router_inflight_requests";
     assert_eq!(metric_value(&router.metrics().await, inflight), Some(1.0));
     // Dropping the call resets its stream (CANCEL); the replica is never let go.
@@ -1096,7 +1087,12 @@ async fn a_grpc_call_the_client_cancels_is_cancelled_at_the_replica_and_frees_it
     // The connection serves the next call.
     agent.gate.add_permits(1);
     assert_eq!(
-        client.model_infer(infer()).await.unwrap().into_inner().id,
+        client
+            .model_infer(infer_message("m"))
+            .await
+            .unwrap()
+            .into_inner()
+            .id,
         "a"
     );
     router.shutdown().await;
@@ -1236,22 +1232,26 @@ async fn h2_replica(
     (addr, connections)
 }
 
-#[tokio::test]
-async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_elsewhere() {
-    let (replica, connections) = h2_replica(true).await;
+/// A router whose model `m` has one replica: an [`h2_replica`] (gRPC only).
+async fn router_on_h2_replica(
+    close_after_each_call: bool,
+) -> (TestRouter, Arc<std::sync::atomic::AtomicUsize>) {
+    let (replica, connections) = h2_replica(close_after_each_call).await;
     let unused = closed_addr().await;
     let router = TestRouter::start(
         RouterConfig::default(),
         table(vec![("m", vec![endpoint("s", 0, 1, unused, replica)])]),
     )
     .await;
+    (router, connections)
+}
+
+#[tokio::test]
+async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_elsewhere() {
+    let (router, connections) = router_on_h2_replica(true).await;
     let mut client = router.grpc_client().await;
     for _ in 0..3 {
-        let call = ModelInferRequest {
-            model_name: "m".into(),
-            ..Default::default()
-        };
-        client.model_infer(call).await.unwrap();
+        client.model_infer(infer_message("m")).await.unwrap();
     }
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
     let text = router.metrics().await;
@@ -1264,13 +1264,7 @@ async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_e
 
 #[tokio::test]
 async fn grpc_clients_that_connect_for_each_call_share_the_routers_connection_to_the_replica() {
-    let (replica, connections) = h2_replica(false).await;
-    let unused = closed_addr().await;
-    let router = TestRouter::start(
-        RouterConfig::default(),
-        table(vec![("m", vec![endpoint("s", 0, 1, unused, replica)])]),
-    )
-    .await;
+    let (router, connections) = router_on_h2_replica(false).await;
     // Each client makes one call on a connection of its own and goes away. Once the router has
     // seen a client leave before the next one calls, the next call goes out on the connection
     // to the replica that the client before it left behind.
@@ -1278,11 +1272,7 @@ async fn grpc_clients_that_connect_for_each_call_share_the_routers_connection_to
     let mut clients = 0;
     loop {
         let mut client = router.grpc_client().await;
-        let call = ModelInferRequest {
-            model_name: "m".into(),
-            ..Default::default()
-        };
-        client.model_infer(call).await.unwrap();
+        client.model_infer(infer_message("m")).await.unwrap();
         drop(client);
         clients += 1;
         if connections.load(std::sync::atomic::Ordering::SeqCst) < clients {
@@ -1633,11 +1623,9 @@ async fn stopping_closes_idle_connections_and_lets_a_request_in_flight_finish() 
     assert_eq!(idle.answer(false).await.status, 200);
     let mut busy = RawClient::connect(router.http).await;
     busy.send(infer_request("m", "").as_bytes()).await;
-    let mut arrivals = agent.arrivals.subscribe();
-    tokio::time::timeout(DEADLINE, arrivals.wait_for(|n| *n == 1))
-        .await
-        .expect("the request reaches the replica")
-        .unwrap();
+    agent
+        .wait_arrivals(1, "the request reaches the replica")
+        .await;
     router.stop.take().unwrap().send(()).unwrap();
     assert!(idle.closed().await, "an idle connection is closed on stop");
     agent.gate.add_permits(1);
