@@ -211,6 +211,17 @@ fn echo(body: Value) -> (u16, Value) {
     (200, body)
 }
 
+/// The Server status patch that ends a reconcile of `server`, answered with `server` and the
+/// patched status.
+fn server_status_patch(server: &Server) -> Expect {
+    let object = serde_json::to_value(server).unwrap();
+    expect(
+        "PATCH",
+        &format!("{SERVERS}/status?{SSA}"),
+        with_status(object),
+    )
+}
+
 /// The answer of a status patch: the whole object with the status sent.
 fn with_status(object: Value) -> impl FnOnce(Value) -> (u16, Value) + Send {
     move |body| {
@@ -245,7 +256,6 @@ async fn a_server_becomes_a_statefulset_and_one_service_per_replica() {
         "serverConfig": "mlserver", "replicas": 2, "capabilities": ["sklearn", "xgboost"],
         "podSpec": {"containers": [{"name": "mlserver", "image": "seldonio/mlserver:1.3.4"}]}
     }));
-    let server_json = serde_json::to_value(&server).unwrap();
     let script = vec![
         expect(
             "GET",
@@ -275,11 +285,7 @@ async fn a_server_becomes_a_statefulset_and_one_service_per_replica() {
             &format!("/apis/apps/v1/namespaces/ns1/statefulsets/mlserver?{SSA}"),
             sts_with_ready(1),
         ),
-        expect(
-            "PATCH",
-            &format!("{SERVERS}/status?{SSA}"),
-            with_status(server_json),
-        ),
+        server_status_patch(&server),
     ];
     let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
     assert!(matches!(&result, Ok(a) if *a == Action::requeue(Duration::from_secs(5))));
@@ -394,7 +400,7 @@ async fn a_server_becomes_a_statefulset_and_one_service_per_replica() {
     assert_eq!(s.server_config, "mlserver");
 }
 
-fn scale_script(hpas: Value, scale_patch: bool, server_json: Value) -> Vec<Expect> {
+fn scale_script(hpas: Value, scale_patch: bool, server: &Server) -> Vec<Expect> {
     let mut script = vec![
         expect(
             "GET",
@@ -421,11 +427,7 @@ fn scale_script(hpas: Value, scale_patch: bool, server_json: Value) -> Vec<Expec
                          "spec": {"replicas": body["spec"]["replicas"]}, "status": {"replicas": 1}}))
         }));
     }
-    script.push(expect(
-        "PATCH",
-        &format!("{SERVERS}/status?{SSA}"),
-        with_status(server_json),
-    ));
+    script.push(server_status_patch(server));
     script
 }
 
@@ -446,12 +448,11 @@ async fn a_scale_decision_patches_spec_replicas_through_the_scale_subresource() 
     let server = server_cr(
         json!({"serverConfig": "mlserver", "replicas": 1, "minReplicas": 1, "maxReplicas": 4}),
     );
-    let json_cr = serde_json::to_value(&server).unwrap();
     // HPAs in the namespace target other objects only.
     let hpas = hpa_list(&[("Server", "other"), ("Model", "mlserver")]);
     let (result, bodies) = run(
         handle,
-        scale_script(hpas, true, json_cr),
+        scale_script(hpas, true, &server),
         reconcile_server(Arc::new(server), ctx),
     )
     .await;
@@ -472,12 +473,11 @@ async fn an_hpa_targeted_server_is_left_alone() {
     let server = server_cr(
         json!({"serverConfig": "mlserver", "replicas": 1, "minReplicas": 1, "maxReplicas": 4}),
     );
-    let json_cr = serde_json::to_value(&server).unwrap();
     let hpas = hpa_list(&[("Server", "mlserver")]);
     // No PATCH .../scale in the script: any would fail the test.
     let (result, bodies) = run(
         handle,
-        scale_script(hpas, false, json_cr),
+        scale_script(hpas, false, &server),
         reconcile_server(Arc::new(server), ctx),
     )
     .await;
@@ -820,11 +820,7 @@ async fn a_server_name_another_namespace_holds_is_refused_and_its_deletion_leave
     let json_cr = serde_json::to_value(&server).unwrap();
     // Only the status is written: no ServerConfig lookup, Service or StatefulSet (any
     // would fail the test).
-    let script = vec![expect(
-        "PATCH",
-        &format!("{SERVERS}/status?{SSA}"),
-        with_status(json_cr.clone()),
-    )];
+    let script = vec![server_status_patch(&server)];
     let (ctx, handle) = context(cp.client.clone());
     let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
     assert_refused(&result, &bodies[0], "NameTaken");
@@ -882,15 +878,10 @@ async fn a_server_whose_server_config_name_another_namespace_holds_is_refused() 
     let cp = control_plane().await;
     cp.apply(server_config_in("team-a")).await;
     let server = server_cr(json!({"serverConfig": "mlserver", "replicas": 1}));
-    let json_cr = serde_json::to_value(&server).unwrap();
     // The ServerConfig is found in ns1, then only the status is written.
     let script = vec![
         expect("GET", CONFIGS, |_| (200, server_config_cr())),
-        expect(
-            "PATCH",
-            &format!("{SERVERS}/status?{SSA}"),
-            with_status(json_cr),
-        ),
+        server_status_patch(&server),
     ];
     let (ctx, handle) = context(cp.client.clone());
     let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
@@ -912,7 +903,6 @@ async fn a_shared_server_config_of_the_install_namespace_is_applied_for_a_server
     let cp = control_plane().await;
     cp.apply(server_config_in("coscale-system")).await;
     let server = server_cr(json!({"serverConfig": "mlserver", "replicas": 1}));
-    let json_cr = serde_json::to_value(&server).unwrap();
     let not_found = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure",
                            "reason": "NotFound", "code": 404, "message": "not found"});
     let script = vec![
@@ -929,11 +919,7 @@ async fn a_shared_server_config_of_the_install_namespace_is_applied_for_a_server
             &format!("/apis/apps/v1/namespaces/ns1/statefulsets/mlserver?{SSA}"),
             sts_with_ready(1),
         ),
-        expect(
-            "PATCH",
-            &format!("{SERVERS}/status?{SSA}"),
-            with_status(json_cr),
-        ),
+        server_status_patch(&server),
     ];
     let (ctx, handle) = context(cp.client.clone());
     let (result, bodies) = run(handle, script, reconcile_server(Arc::new(server), ctx)).await;
