@@ -7,14 +7,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow as format_err, bail};
 use coscale_api::pb::inference as pb;
 use coscale_api::v2::{Datatype, InferRequest, InferResponse, Tensor, TensorData};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -110,8 +110,9 @@ enum Slot {
 /// Loaded models by name. Share it as `Arc<Engine>`; every method takes `&self`.
 pub struct Engine {
     models: RwLock<HashMap<String, Slot>>,
-    /// Inferences running now from [`Engine::infer_on_worker`], over all models.
-    running: AtomicUsize,
+    /// Inline slots of [`Engine::infer_on_worker`]: one fewer than the async runtime's workers
+    /// (at least one), made on first use from the runtime that calls it.
+    inline: OnceLock<Semaphore>,
     /// The longest predicted inference [`Engine::infer_on_worker`] runs inline.
     inline_budget: Duration,
 }
@@ -122,24 +123,11 @@ impl Default for Engine {
     }
 }
 
-/// One inference counted in [`Engine`]'s `running` while it lives.
-struct Running<'a> {
-    count: &'a AtomicUsize,
-    /// Inferences that were running when this one started.
-    others: usize,
-}
-
-impl<'a> Running<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        let others = count.fetch_add(1, Ordering::AcqRel);
-        Running { count, others }
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-    }
+/// What `f` returns and how long it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let started = Instant::now();
+    let out = f();
+    (out, started.elapsed())
 }
 
 /// Checks a V2 model name: `[A-Za-z0-9._-]`, 1–255 characters, not `.` or `..`.
@@ -169,7 +157,7 @@ impl Engine {
     pub fn with_inline_budget(budget: Duration) -> Engine {
         Engine {
             models: RwLock::default(),
-            running: AtomicUsize::new(0),
+            inline: OnceLock::new(),
             inline_budget: budget,
         }
     }
@@ -274,32 +262,39 @@ impl Engine {
         self.get(name)?.infer(name, request)
     }
 
-    /// [`Engine::infer`] from async code on a tokio worker: inline when no other inference is
-    /// running and the model's measured cost predicts this one fits the inline budget, else
-    /// with the worker handed over (`block_in_place`; inline on a current-thread runtime, which
-    /// has no other worker). So at most one worker computes inline and the others keep reading
-    /// requests while inferences run: requests that wait are in the handlers, where they count
-    /// as in flight (the inference lag), not unread in socket buffers.
-    pub fn infer_on_worker(
+    /// [`Engine::infer`] from async code on a tokio worker. An inference that its model's
+    /// measured cost predicts to fit the inline budget runs inline, on the worker that read the
+    /// request, once it has one of the engine's inline slots: one fewer than the runtime's
+    /// workers (at least one), so one worker is always free to read requests while the others
+    /// compute, and a request waiting for a slot waits in its handler, where it counts as in
+    /// flight (the inference lag), not unread in a socket buffer. A longer or unmeasured one
+    /// hands its worker over (`block_in_place`) for as long as it runs. On a current-thread
+    /// runtime, which has no other worker, every inference runs inline.
+    pub async fn infer_on_worker(
         &self,
         name: &str,
         request: &InferRequest,
     ) -> Result<InferResponse, RuntimeError> {
         let model = self.get(name)?;
         let elements = input_elements(request);
-        let started = std::time::Instant::now();
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let running = Running::enter(&self.running);
-        let alone = running.others == 0;
-        let result = if !multi_thread || (alone && model.cost.fits(elements, self.inline_budget)) {
-            model.infer(name, request)
-        } else {
-            tokio::task::block_in_place(|| model.infer(name, request))
+        let handle = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let (result, took) = match handle {
+            Some(h) if model.cost.fits(elements, self.inline_budget) => {
+                let slots = self.inline.get_or_init(|| {
+                    Semaphore::new(h.metrics().num_workers().saturating_sub(1).max(1))
+                });
+                let _slot = slots.acquire().await.map_err(|_| {
+                    RuntimeError::Internal("the inline slots are closed".to_owned())
+                })?;
+                timed(|| model.infer(name, request))
+            }
+            Some(_) => tokio::task::block_in_place(|| timed(|| model.infer(name, request))),
+            None => timed(|| model.infer(name, request)),
         };
-        drop(running);
         if result.is_ok() {
-            model.cost.record(elements, started.elapsed());
+            model.cost.record(elements, took);
         }
         result
     }

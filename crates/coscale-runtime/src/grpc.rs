@@ -113,7 +113,7 @@ impl GrpcInferenceService for RuntimeGrpc {
         let raw = !req.raw_input_contents.is_empty();
         let name = req.model_name.clone();
         let request = InferRequest::from_proto(req).map_err(RuntimeError::from)?;
-        let response = self.engine.infer_on_worker(&name, &request)?;
+        let response = self.engine.infer_on_worker(&name, &request).await?;
         Ok(Response::new(response.to_proto(raw)))
     }
 

@@ -181,7 +181,7 @@ async fn infer(
     };
     let bytes = read_body(&headers, body, s.body_limit).await?;
     let request = InferRequest::from_json(&bytes, header_len)?;
-    let response = s.engine.infer_on_worker(&name, &request)?;
+    let response = s.engine.infer_on_worker(&name, &request).await?;
     let out: HttpBody = response.to_http(|output| request.binary_output(output));
     Ok(match out.json_len {
         None => bytes_response(StatusCode::OK, out.bytes, "application/json"),

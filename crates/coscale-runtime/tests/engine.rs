@@ -286,13 +286,67 @@ fn infer_on_worker_answers_like_infer_on_either_runtime_flavour() {
         for _ in 0..3 {
             let engine = engine.clone();
             let got = runtime
-                .block_on(async move { engine.infer_on_worker("iris", &iris_request(&rows)) })
+                .block_on(async move { engine.infer_on_worker("iris", &iris_request(&rows)).await })
                 .unwrap();
             assert_eq!(got.outputs, expected.outputs);
         }
     }
-    let err = engine
-        .infer_on_worker("nope", &iris_request(&rows))
+    let err = current
+        .block_on(engine.infer_on_worker("nope", &iris_request(&rows)))
         .unwrap_err();
     assert!(matches!(err, RuntimeError::NotFound(_)), "{err:?}");
+}
+
+/// Inferences predicted to fit the inline budget run inline, on the workers that read them,
+/// but never on every worker at once: with two workers one computes and the other stays free,
+/// so a task spawned while two long inline inferences are under way runs before either ends
+/// (with both workers computing inline it would wait for one of them to finish).
+#[test]
+fn inline_inferences_leave_a_worker_free() {
+    let engine = std::sync::Arc::new(Engine::with_inline_budget(std::time::Duration::from_secs(
+        60,
+    )));
+    engine
+        .load("iris-mlp", &models_dir().join("iris-mlp"))
+        .unwrap();
+    let batch: Vec<[f32; 4]> = ROWS.iter().copied().cycle().take(5_000).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Measured once, so that the next ones are predicted to fit (the budget is a minute).
+        engine
+            .infer_on_worker("iris-mlp", &iris_request(&batch))
+            .await
+            .unwrap();
+        let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inferences: Vec<_> = (0..2)
+            .map(|_| {
+                let (engine, batch) = (engine.clone(), batch.clone());
+                let (started, finished) = (started.clone(), finished.clone());
+                tokio::spawn(async move {
+                    started.add_permits(1);
+                    engine
+                        .infer_on_worker("iris-mlp", &iris_request(&batch))
+                        .await
+                        .unwrap();
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Both inference tasks are on workers before the probe is spawned.
+        started.acquire_many(2).await.unwrap().forget();
+        let seen = {
+            let finished = finished.clone();
+            tokio::spawn(async move { finished.load(std::sync::atomic::Ordering::SeqCst) })
+                .await
+                .unwrap()
+        };
+        assert_eq!(seen, 0, "the probe waited for an inference to finish");
+        for i in inferences {
+            i.await.unwrap();
+        }
+    });
 }

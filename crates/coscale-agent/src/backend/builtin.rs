@@ -16,8 +16,9 @@ use super::{artifact_size, Backend};
 /// permit *inside* the request handler, in arrival order (the semaphore is fair), so they count
 /// as in flight: the inference lag the autoscaler reads includes the queue, as it would for a
 /// remote inference server. A permitted inference runs as the runtime alone runs it
-/// ([`Engine::infer_on_worker`]): inline when no other inference is running and its model's
-/// recent cost predicts it fits the engine's inline budget, else through `block_in_place`.
+/// ([`Engine::infer_on_worker`]): inline once it has an inline slot (one fewer than the
+/// workers) when its model's recent cost predicts it fits the engine's inline budget, else
+/// through `block_in_place`.
 pub struct Builtin {
     engine: Arc<Engine>,
     parallelism: usize,
@@ -122,7 +123,7 @@ impl Backend for Builtin {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(request.id.clone());
-        self.engine.infer_on_worker(internal, request)
+        self.engine.infer_on_worker(internal, request).await
     }
 }
 
