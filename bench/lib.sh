@@ -105,6 +105,10 @@ bench_cpu_ticks() {
     echo "$total"
 }
 
+# CPU time the hypervisor gave to other guests while this one wanted it ("steal", the 8th
+# figure of the cpu line of /proc/stat), over all cores, in clock ticks.
+bench_steal_ticks() { awk '$1 == "cpu" { print $9 }' /proc/stat; }
+
 # bench_status_kib PID FIELD: a kB field (VmRSS, VmHWM) of /proc/PID/status.
 bench_status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
