@@ -151,35 +151,7 @@ bench_log "nginx master $NGX_MASTER worker $NGX_WORKER on 127.0.0.1:$NGX_PORT"
 
 # (c) coscale: control plane + router, one server replica holding both models
 UP_DIR="$BENCH_TMP/up"
-cat >"$BENCH_TMP/bench.yaml" <<EOF
-apiVersion: mlops.seldon.io/v1alpha1
-kind: Server
-metadata:
-  name: bench
-spec:
-  serverConfig: builtin
-  replicas: 1
----
-apiVersion: mlops.seldon.io/v1alpha1
-kind: Model
-metadata:
-  name: iris
-spec:
-  storageUri: file://$BENCH_ROOT/examples/models/iris
-  requirements: [onnx]
-  memory: 1Mi
-  replicas: 1
----
-apiVersion: mlops.seldon.io/v1alpha1
-kind: Model
-metadata:
-  name: iris-mlp
-spec:
-  storageUri: file://$BENCH_ROOT/examples/models/iris-mlp
-  requirements: [onnx]
-  memory: 8Mi
-  replicas: 1
-EOF
+bench_manifest "$BENCH_TMP/bench.yaml"
 bench_up "$UP_DIR" "$BENCH_TMP/bench.yaml"
 bench_wait_servers "$UP_DIR" 60
 bench_wait_models "$UP_DIR" 2 60 || bench_die "the bench models did not become available"

@@ -133,6 +133,40 @@ bench_header() {
     printf -- '- command: `%s`\n\n' "$cmd"
 }
 
+# The data-plane benchmarks' platform: a 1-replica `builtin` Server holding iris and iris-mlp,
+# written to FILE: bench_manifest FILE.
+bench_manifest() {
+    cat >"$1" <<EOF
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Server
+metadata:
+  name: bench
+spec:
+  serverConfig: builtin
+  replicas: 1
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata:
+  name: iris
+spec:
+  storageUri: file://$BENCH_ROOT/examples/models/iris
+  requirements: [onnx]
+  memory: 1Mi
+  replicas: 1
+---
+apiVersion: mlops.seldon.io/v1alpha1
+kind: Model
+metadata:
+  name: iris-mlp
+spec:
+  storageUri: file://$BENCH_ROOT/examples/models/iris-mlp
+  requirements: [onnx]
+  memory: 8Mi
+  replicas: 1
+EOF
+}
+
 # coscale up on free ports: bench_up DATA_DIR [MANIFEST]; sets UP_PID and the endpoint variables
 # API, ROUTER_HTTP, ROUTER_GRPC; waits until endpoints.json is written and the API answers.
 bench_up() {

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# A/B data-plane comparison of builds or settings. Each VARIANT is started once: the runtime
+# alone (`coscale runtime`) or the platform (`coscale up` with a 1-replica builtin Server holding
+# iris and iris-mlp, load through the router), each with its own binary and environment. Then
+# wrk loads them in turns, every variant once per round in the order given, so that they see the
+# same machine; a run during which the hypervisor took more than --steal-limit % of a core
+# ("steal" in /proc/stat) is repeated, up to 3 runs. Per variant, medians over the rounds of
+# req/s, p50, CPU per request (utime+stime of its processes / requests), context switches per
+# request, and req/s in % of the first variant (taken per round).
+#
+# Usage: bench/ab.sh [--model iris-mlp] [--conns 64] [--duration 3] [--rounds 5]
+#                    [--steal-limit 5] [--out FILE] VARIANT...
+#   VARIANT = KIND/NAME[:VAR=VALUE,...]: KIND is rt or up; VAR=VALUE are environment variables
+#   of that variant's processes (e.g. COSCALE_ROUTER_THREADS=1); BIN=PATH runs another coscale
+#   binary (e.g. a copy of an older build).
+# Example: bench/ab.sh rt/direct up/shared up/one-thread:COSCALE_ROUTER_THREADS=1
+# Everything listens on 127.0.0.1; every process started here is stopped on exit.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CMD="bench/ab.sh$(printf ' %q' "$@")"
+MODEL=iris-mlp
+CONNS=64
+DURATION=3
+ROUNDS=5
+STEAL_LIMIT=5
+STEAL_TRIES=3
+OUT=""
+VARIANTS=()
+while (($#)); do
+    case "$1" in
+        --model) MODEL="$2"; shift 2 ;;
+        --conns) CONNS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        --steal-limit) STEAL_LIMIT="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -*) bench_die "unknown option $1 (see --help)" ;;
+        *) VARIANTS+=("$1"); shift ;;
+    esac
+done
+((${#VARIANTS[@]} >= 1)) || bench_die "name at least one variant (see --help)"
+for n in "$CONNS" "$DURATION" "$ROUNDS"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || bench_die "--conns, --duration and --rounds want whole numbers of at least 1, not '$n'"
+done
+[[ "$STEAL_LIMIT" =~ ^[0-9]+$ ]] || bench_die "--steal-limit wants a whole percentage, not '$STEAL_LIMIT'"
+[[ "$MODEL" == iris || "$MODEL" == iris-mlp ]] || bench_die "--model wants iris or iris-mlp, not '$MODEL'"
+[[ -n "$OUT" ]] || OUT="$BENCH_ROOT/bench/results/ab-$(date +%Y%m%d-%H%M%S).md"
+
+bench_init
+bench_need wrk wrk curl curl jq jq
+bench_build
+CLK_TCK="$(getconf CLK_TCK)"
+bench_manifest "$BENCH_TMP/bench.yaml"
+
+# Context switches (voluntary and involuntary) of every thread of the given pids.
+ctx_switches() {
+    local pid total=0 n
+    for pid in "$@"; do
+        n="$(cat "/proc/$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')"
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
+declare -A URL PIDS
+NAMES=()
+for v in "${VARIANTS[@]}"; do
+    [[ "$v" =~ ^(rt|up)/([A-Za-z0-9._-]+)(:(.*))?$ ]] || bench_die "variant '$v' is not KIND/NAME[:VAR=VALUE,...] with KIND rt or up"
+    kind="${BASH_REMATCH[1]}" name="${BASH_REMATCH[2]}" settings="${BASH_REMATCH[4]}"
+    [[ -z "${URL[$name]:-}" ]] || bench_die "two variants are named $name"
+    envs=()
+    [[ -z "$settings" ]] || IFS=, read -r -a envs <<<"$settings"
+    for e in "${envs[@]}"; do
+        [[ "$e" =~ ^[A-Za-z_][A-Za-z0-9_]*=.*$ ]] || bench_die "variant $name: '$e' is not VAR=VALUE"
+    done
+    # The variant's settings (and BIN) hold for the processes it starts, in a subshell that
+    # hands their pids to this shell, or stops them if it fails.
+    (
+        trap '(($? == 0)) || bench_stop' EXIT
+        for e in "${envs[@]}"; do export "${e?}"; done
+        [[ -x "$BIN" ]] || bench_die "variant $name: no executable $BIN"
+        if [[ "$kind" == rt ]]; then
+            http="$(bench_free_port)"
+            bench_runtime "$http" "$(bench_free_port)" iris iris-mlp
+            printf '%s\n%s\n' "http://127.0.0.1:$http" "$RT_PID" >"$BENCH_TMP/$name.started"
+        else
+            bench_up "$BENCH_TMP/up-$name" "$BENCH_TMP/bench.yaml"
+            bench_wait_servers "$BENCH_TMP/up-$name" 60
+            bench_wait_models "$BENCH_TMP/up-$name" 2 60 || bench_die "variant $name: models not available"
+            printf '%s\n%s\n' "$ROUTER_HTTP" "$UP_PID ${AGENT_PIDS[*]}" >"$BENCH_TMP/$name.started"
+        fi
+    )
+    { read -r URL[$name]; read -r PIDS[$name]; } <"$BENCH_TMP/$name.started"
+    # shellcheck disable=SC2206
+    for p in ${PIDS[$name]}; do bench_track "$p"; done
+    NAMES+=("$name")
+    bench_log "variant $name ($kind${settings:+, $settings}): ${URL[$name]}, pids ${PIDS[$name]}"
+done
+
+run_wrk() { # name seconds
+    wrk -t 2 -c "$CONNS" -d "${2}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
+        "${URL[$1]}/v2/models/$MODEL/infer" | grep '^RESULT'
+}
+for name in "${NAMES[@]}"; do run_wrk "$name" 2 >/dev/null; done
+
+RAW="$BENCH_TMP/raw.tsv"
+: >"$RAW"
+for round in $(seq 1 "$ROUNDS"); do
+    for name in "${NAMES[@]}"; do
+        for try in $(seq 1 "$STEAL_TRIES"); do
+            # shellcheck disable=SC2086
+            ticks0="$(bench_cpu_ticks ${PIDS[$name]})" ctx0="$(ctx_switches ${PIDS[$name]})"
+            steal0="$(bench_steal_ticks)"
+            line="$(run_wrk "$name" "$DURATION")"
+            stolen=$(($(bench_steal_ticks) - steal0))
+            # shellcheck disable=SC2086
+            ticks=$(($(bench_cpu_ticks ${PIDS[$name]}) - ticks0)) ctx=$(($(ctx_switches ${PIDS[$name]}) - ctx0))
+            bench_log "round $round/$ROUNDS $name: $line cpu_ticks=$ticks steal_ticks=$stolen"
+            ((stolen * 100 > STEAL_LIMIT * CLK_TCK * DURATION)) || break
+        done
+        awk -v n="$name" -v r="$round" -v ticks="$ticks" -v ctx="$ctx" -v stolen="$stolen" -v tries="$try" '{
+            for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            print n, r, v["requests"], v["rps"], v["p50_us"], v["errors"] + v["non2xx"], ticks, ctx, stolen, tries
+        }' OFS='\t' <<<"$line" >>"$RAW"
+    done
+done
+
+report() {
+    bench_header "A/B data-plane comparison" "$CMD"
+    printf 'V2 REST infer of %s, wrk %s, %s connections, 2 threads, %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
+        "$MODEL" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
+    for v in "${VARIANTS[@]}"; do printf -- '- `%s`\n' "$v"; done
+    printf '\n'
+    awk -F'\t' -v hz="$CLK_TCK" -v d="$DURATION" -v lim="$STEAL_LIMIT" -v first="${NAMES[0]}" '
+    function median(a, n,    i, j, x) {
+        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    function med(m, name,    r, n, a) {
+        n = 0
+        for (r = 1; r <= rounds; r++) if ((m, name, r) in v) a[++n] = v[m, name, r]
+        return median(a, n)
+    }
+    {
+        if (!seen[$1]++) order[++names] = $1
+        if ($2 > rounds) rounds = $2
+        v["rps", $1, $2] = $4; v["p50", $1, $2] = $5; err[$1] += $6
+        v["cpu", $1, $2] = $3 > 0 ? $7 * 1e6 / hz / $3 : 0
+        v["ctx", $1, $2] = $3 > 0 ? $8 / $3 : 0
+        repeats[$1] += $10 - 1
+        if (100 * $9 / hz / d > lim) over[$1]++
+    }
+    END {
+        print "| variant | req/s | % of " first " | p50 (µs) | CPU/req (µs) | context switches/req | errors | runs repeated for steal | runs kept over the steal limit |"
+        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= names; i++) {
+            x = order[i]
+            for (r = 1; r <= rounds; r++) if ((("rps", x, r) in v) && v["rps", first, r] > 0) v["pct", x, r] = 100 * v["rps", x, r] / v["rps", first, r]
+            printf "| %s | %.0f | %.0f %% | %.0f | %.1f | %.2f | %d | %d | %d |\n", x, med("rps", x), med("pct", x), med("p50", x), med("cpu", x), med("ctx", x), err[x], repeats[x], over[x]
+        }
+    }' "$RAW"
+}
+mkdir -p "$(dirname "$OUT")"
+report | tee "$OUT"
+bench_log "written to $OUT"
