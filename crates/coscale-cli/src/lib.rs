@@ -107,10 +107,13 @@ pub fn main() -> ExitCode {
     if server {
         raise_open_files_limit();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let chosen = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
+    if let Some(workers) = async_workers(&cli.command, cores, chosen) {
+        builder.worker_threads(workers);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -124,6 +127,15 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async workers of `command`'s runtime when not tokio's default (one per core, or
+/// `TOKIO_WORKER_THREADS` when `chosen`): processes that run inferences (`agent`, `runtime`)
+/// take one per core and one more, as the engine computes short inferences inline on one fewer
+/// than the workers: a slot per core, and a worker left to read requests meanwhile.
+fn async_workers(command: &Command, cores: usize, chosen: bool) -> Option<usize> {
+    let infers = matches!(command, Command::Agent(_) | Command::Runtime(_));
+    (infers && !chosen).then_some(cores + 1)
 }
 
 /// Servers hold two sockets per proxied client connection (the router) or one per client, and
@@ -176,5 +188,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(a) => sim::run(a).await,
         Command::Crds(a) => k8s::crds(a),
         Command::Operator(a) => k8s::operator(a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(args: &[&str]) -> Command {
+        Cli::try_parse_from(args)
+            .map(|c| c.command)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn processes_that_run_inferences_get_a_worker_per_core_and_one_more() {
+        let runtime = command(&["coscale", "runtime", "--repository", "models"]);
+        let agent = command(&[
+            "coscale",
+            "agent",
+            "--control-plane",
+            "http://127.0.0.1:1",
+            "--token-file",
+            "token",
+            "--server",
+            "s",
+        ]);
+        let up = command(&["coscale", "up"]);
+        assert_eq!(async_workers(&runtime, 2, false), Some(3));
+        assert_eq!(async_workers(&agent, 8, false), Some(9));
+        assert_eq!(async_workers(&up, 2, false), None, "tokio's default");
+        assert_eq!(
+            async_workers(&runtime, 2, true),
+            None,
+            "TOKIO_WORKER_THREADS wins"
+        );
     }
 }

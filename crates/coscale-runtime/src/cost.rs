@@ -9,18 +9,18 @@ use std::time::Duration;
 use coscale_api::v2::InferRequest;
 
 /// An inference expected to take at most this long runs on the async worker that received
-/// the request, once it has one of the inline slots (one fewer than the workers, at least one:
-/// with every worker computing inline, none would read the requests that arrive meanwhile, the
-/// queue would sit unread in socket buffers and the inference lag would not see it); a request
-/// that finds the slots taken waits for one in its handler. A longer one hands the worker over
-/// (`block_in_place`), which wakes another thread to take the worker's place and switches
-/// context at least twice: in a profile of the agent serving iris-mlp (~124 µs per inference)
-/// at 8 connections, 14 runtime threads took turns and 22 % of the samples were in the kernel;
-/// with the second of two concurrent short inferences handed over (ee65809 to df18a58) the
-/// runtime alone spent ~145 µs of CPU per iris-mlp request at 64 connections on two cores, and
-/// ~103 µs with it waiting for the inline slot instead. That is most of the work of a small
-/// model and a few per cent of a 1 ms one. Meanwhile requests on the computing worker's
-/// connections wait unread for at most about this long (the free worker keeps accepting).
+/// the request, once it has one of the inline slots: one fewer than the workers (at least one),
+/// since with every worker computing inline none would read the requests that arrive meanwhile,
+/// the queue would sit unread in socket buffers and the inference lag would not see it.
+/// `coscale agent` and `coscale runtime` start one worker per core and one more, so there is a
+/// slot per core and a worker left to read. A request that finds the slots taken waits for one
+/// in its handler. A longer inference hands its worker over (`block_in_place`), which wakes
+/// another thread to take the worker's place and switches context at least twice: most of the
+/// work of a small model and a few per cent of a 1 ms one. (Handing over the second of two
+/// concurrent short inferences, as ee65809 to df18a58 did, cost the runtime alone ~122 µs of CPU
+/// per iris-mlp request at 64 connections on two cores; a slot per core and a reading worker,
+/// ~81 µs, with 25 % more throughput: docs/benchmarks.md.) Meanwhile requests on a computing
+/// worker's connections wait unread for at most about this long; the reading worker accepts.
 pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
 
 /// The measured cost of one model's inferences: a moving average of nanoseconds per input
