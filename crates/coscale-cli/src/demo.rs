@@ -44,6 +44,13 @@ pub struct DemoArgs {
 /// Concurrent clients on the heavy model at each step: up, plateau, down.
 const PROFILE: [usize; 7] = [1, 4, 12, 24, 24, 8, 1];
 
+/// Rows per request of the clients on the heavy model: enough that the model's work, not the
+/// HTTP around it, is what a request costs (as with real models), so that under load requests
+/// queue for the replica's inference slots, where the inference lag counts them. With one row
+/// (~60 µs of inference) the router and the clients on the same two cores ran out of CPU
+/// before the replica did, and the demo's queue formed outside the replica.
+const HEAVY_ROWS: usize = 64;
+
 /// A pool of closed-loop clients on one model whose size can change.
 struct Pool {
     target: Arc<AtomicU64>,
@@ -55,7 +62,13 @@ struct Pool {
 }
 
 impl Pool {
-    async fn start(ep_rest: &str, ep_grpc: &str, model: &str, max: usize) -> anyhow::Result<Pool> {
+    async fn start(
+        ep_rest: &str,
+        ep_grpc: &str,
+        model: &str,
+        max: usize,
+        rows: usize,
+    ) -> anyhow::Result<Pool> {
         let target = Arc::new(AtomicU64::new(0));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
@@ -76,7 +89,7 @@ impl Pool {
                 stop.clone(),
             );
             let model = model.to_owned();
-            let req = iris_request();
+            let req = iris_batch(rows);
             let body = req.to_json();
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -133,6 +146,18 @@ fn p99_ms(sorted_us: &[u64]) -> f64 {
     }
     let rank = ((0.99 * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
     sorted_us[rank - 1] as f64 / 1000.0
+}
+
+/// The load command's iris row repeated `rows` times as one request.
+fn iris_batch(rows: usize) -> InferRequest {
+    let mut req = iris_request();
+    for input in &mut req.inputs {
+        if let TensorData::Fp32(data) = &mut input.data {
+            *data = data.repeat(rows);
+        }
+        input.shape[0] = rows as i64;
+    }
+    req
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {
@@ -260,8 +285,15 @@ async fn drive(a: &DemoArgs, platform: &Platform, manifest: &Path) -> anyhow::Re
         "\nload on iris-mlp: {:?} concurrent clients, {} s per step (plus 2 clients on iris throughout)",
         PROFILE, a.step_seconds
     );
-    let heavy = Pool::start(&ep.router_http, &ep.router_grpc, "iris-mlp", PROFILE[3]).await?;
-    let light = Pool::start(&ep.router_http, &ep.router_grpc, "iris", 2).await?;
+    let heavy = Pool::start(
+        &ep.router_http,
+        &ep.router_grpc,
+        "iris-mlp",
+        PROFILE[3],
+        HEAVY_ROWS,
+    )
+    .await?;
+    let light = Pool::start(&ep.router_http, &ep.router_grpc, "iris", 2, 1).await?;
     light.set(2);
     let header = [
         "T",
