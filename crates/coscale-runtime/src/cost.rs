@@ -17,9 +17,9 @@ use coscale_api::v2::InferRequest;
 /// in its handler. A longer inference hands its worker over (`block_in_place`), which wakes
 /// another thread to take the worker's place and switches context at least twice: most of the
 /// work of a small model and a few per cent of a 1 ms one. (Handing over the second of two
-/// concurrent short inferences, as ee65809 to df18a58 did, cost the runtime alone ~122 µs of CPU
+/// concurrent short inferences, as ee65809 to df18a58 did, cost the runtime alone ~146 µs of CPU
 /// per iris-mlp request at 64 connections on two cores; a slot per core and a reading worker,
-/// ~81 µs, with 25 % more throughput: docs/benchmarks.md.) Meanwhile requests on a computing
+/// ~86 µs, with 41 % more throughput: docs/benchmarks.md.) Meanwhile requests on a computing
 /// worker's connections wait unread for at most about this long; the reading worker accepts.
 pub const INLINE_BUDGET: Duration = Duration::from_millis(1);
 
