@@ -9,9 +9,10 @@ use std::time::Duration;
 use coscale_api::v2::InferRequest;
 
 /// An inference expected to take at most this long runs on the async worker that received
-/// the request, once it has one of the inline slots: one fewer than the workers (at least one),
-/// since with every worker computing inline none would read the requests that arrive meanwhile,
-/// the queue would sit unread in socket buffers and the inference lag would not see it.
+/// the request, once it has one of the inline slots: one fewer than the workers (none with a
+/// single worker, where every inference hands its worker over), since with every worker
+/// computing inline none would read the requests that arrive meanwhile, the queue would sit
+/// unread in socket buffers and the inference lag would not see it.
 /// `coscale agent` and `coscale runtime` start one worker per core and one more, so there is a
 /// slot per core and a worker left to read. A request that finds the slots taken waits for one
 /// in its handler. A longer inference hands its worker over (`block_in_place`), which wakes

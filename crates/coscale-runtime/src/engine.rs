@@ -111,8 +111,8 @@ enum Slot {
 pub struct Engine {
     models: RwLock<HashMap<String, Slot>>,
     /// Inline slots of [`Engine::infer_on_worker`]: one fewer than the async runtime's workers
-    /// (at least one), made on first use from the runtime that calls it.
-    inline: OnceLock<Semaphore>,
+    /// (none on a runtime with one worker), made on first use from the runtime that calls it.
+    inline: OnceLock<Option<Semaphore>>,
     /// The longest predicted inference [`Engine::infer_on_worker`] runs inline.
     inline_budget: Duration,
 }
@@ -265,10 +265,11 @@ impl Engine {
     /// [`Engine::infer`] from async code on a tokio worker. An inference that its model's
     /// measured cost predicts to fit the inline budget runs inline, on the worker that read the
     /// request, once it has one of the engine's inline slots: one fewer than the runtime's
-    /// workers (at least one), so one worker is always free to read requests while the others
-    /// compute, and a request waiting for a slot waits in its handler, where it counts as in
-    /// flight (the inference lag), not unread in a socket buffer. A longer or unmeasured one
-    /// hands its worker over (`block_in_place`) for as long as it runs. On a current-thread
+    /// workers (none with a single worker), so one worker is always free to read requests while
+    /// the others compute, and a request waiting for a slot waits in its handler, where it
+    /// counts as in flight (the inference lag), not unread in a socket buffer. A longer or
+    /// unmeasured one, or any with no slot to wait for, hands its worker over
+    /// (`block_in_place`) for as long as it runs. On a current-thread
     /// runtime, which has no other worker, every inference runs inline.
     pub async fn infer_on_worker(
         &self,
@@ -281,16 +282,21 @@ impl Engine {
             .ok()
             .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let (result, took) = match handle {
-            Some(h) if model.cost.fits(elements, self.inline_budget) => {
+            Some(h) => {
                 let slots = self.inline.get_or_init(|| {
-                    Semaphore::new(h.metrics().num_workers().saturating_sub(1).max(1))
+                    let n = h.metrics().num_workers().saturating_sub(1);
+                    (n > 0).then(|| Semaphore::new(n))
                 });
-                let _slot = slots.acquire().await.map_err(|_| {
-                    RuntimeError::Internal("the inline slots are closed".to_owned())
-                })?;
-                timed(|| model.infer(name, request))
+                match slots {
+                    Some(slots) if model.cost.fits(elements, self.inline_budget) => {
+                        let _slot = slots.acquire().await.map_err(|_| {
+                            RuntimeError::Internal("the inline slots are closed".to_owned())
+                        })?;
+                        timed(|| model.infer(name, request))
+                    }
+                    _ => tokio::task::block_in_place(|| timed(|| model.infer(name, request))),
+                }
             }
-            Some(_) => tokio::task::block_in_place(|| timed(|| model.infer(name, request))),
             None => timed(|| model.infer(name, request)),
         };
         if result.is_ok() {

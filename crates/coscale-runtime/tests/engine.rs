@@ -298,55 +298,63 @@ fn infer_on_worker_answers_like_infer_on_either_runtime_flavour() {
 }
 
 /// Inferences predicted to fit the inline budget run inline, on the workers that read them,
-/// but never on every worker at once: with two workers one computes and the other stays free,
-/// so a task spawned while two long inline inferences are under way runs before either ends
-/// (with both workers computing inline it would wait for one of them to finish).
+/// but never on every worker at once: a task spawned while as many long inline inferences are
+/// under way as the runtime has workers runs before any of them ends (with every worker
+/// computing inline it would wait for one of them to finish). With two workers one computes
+/// and the other stays free; with one, the inference hands its worker over.
 #[test]
 fn inline_inferences_leave_a_worker_free() {
-    let engine = std::sync::Arc::new(Engine::with_inline_budget(std::time::Duration::from_secs(
-        60,
-    )));
-    engine
-        .load("iris-mlp", &models_dir().join("iris-mlp"))
-        .unwrap();
     let batch: Vec<[f32; 4]> = ROWS.iter().copied().cycle().take(5_000).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        // Measured once, so that the next ones are predicted to fit (the budget is a minute).
+    for workers in [2, 1] {
+        // A fresh engine: its inline slots are counted from the first runtime that uses it.
+        let engine = std::sync::Arc::new(Engine::with_inline_budget(
+            std::time::Duration::from_secs(60),
+        ));
         engine
-            .infer_on_worker("iris-mlp", &iris_request(&batch))
-            .await
+            .load("iris-mlp", &models_dir().join("iris-mlp"))
             .unwrap();
-        let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-        let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let inferences: Vec<_> = (0..2)
-            .map(|_| {
-                let (engine, batch) = (engine.clone(), batch.clone());
-                let (started, finished) = (started.clone(), finished.clone());
-                tokio::spawn(async move {
-                    started.add_permits(1);
-                    engine
-                        .infer_on_worker("iris-mlp", &iris_request(&batch))
-                        .await
-                        .unwrap();
-                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                })
-            })
-            .collect();
-        // Both inference tasks are on workers before the probe is spawned.
-        started.acquire_many(2).await.unwrap().forget();
-        let seen = {
-            let finished = finished.clone();
-            tokio::spawn(async move { finished.load(std::sync::atomic::Ordering::SeqCst) })
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .build()
+            .unwrap();
+        let batch = batch.clone();
+        runtime.block_on(async move {
+            // Measured once, so that the next ones are predicted to fit (the budget is a minute).
+            engine
+                .infer_on_worker("iris-mlp", &iris_request(&batch))
                 .await
-                .unwrap()
-        };
-        assert_eq!(seen, 0, "the probe waited for an inference to finish");
-        for i in inferences {
-            i.await.unwrap();
-        }
-    });
+                .unwrap();
+            let started = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+            let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let inferences: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (engine, batch) = (engine.clone(), batch.clone());
+                    let (started, finished) = (started.clone(), finished.clone());
+                    tokio::spawn(async move {
+                        started.add_permits(1);
+                        engine
+                            .infer_on_worker("iris-mlp", &iris_request(&batch))
+                            .await
+                            .unwrap();
+                        finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            // Every inference task is on a worker before the probe is spawned.
+            started.acquire_many(workers as u32).await.unwrap().forget();
+            let seen = {
+                let finished = finished.clone();
+                tokio::spawn(async move { finished.load(std::sync::atomic::Ordering::SeqCst) })
+                    .await
+                    .unwrap()
+            };
+            assert_eq!(
+                seen, 0,
+                "{workers} worker(s): the probe waited for an inference"
+            );
+            for i in inferences {
+                i.await.unwrap();
+            }
+        });
+    }
 }
