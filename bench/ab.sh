@@ -100,7 +100,7 @@ for v in "${VARIANTS[@]}"; do
 done
 
 run_wrk() { # name seconds
-    wrk -t 2 -c "$CONNS" -d "${2}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
+    wrk -t "$((CONNS < 2 ? CONNS : 2))" -c "$CONNS" -d "${2}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
         "${URL[$1]}/v2/models/$MODEL/infer" | grep '^RESULT'
 }
 for name in "${NAMES[@]}"; do run_wrk "$name" 2 >/dev/null; done
@@ -129,7 +129,7 @@ done
 
 report() {
     bench_header "A/B data-plane comparison" "$CMD"
-    printf 'V2 REST infer of %s, wrk %s, %s connections, 2 threads, %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
+    printf 'V2 REST infer of %s, wrk %s, %s connections, threads = min(conns, 2), %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
         "$MODEL" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
     for v in "${VARIANTS[@]}"; do printf -- '- `%s`\n' "$v"; done
     printf '\n'
