@@ -133,11 +133,7 @@ report() {
         "$MODEL" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
     for v in "${VARIANTS[@]}"; do printf -- '- `%s`\n' "$v"; done
     printf '\n'
-    awk -F'\t' -v hz="$CLK_TCK" -v d="$DURATION" -v lim="$STEAL_LIMIT" -v first="${NAMES[0]}" '
-    function median(a, n,    i, j, x) {
-        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+    awk -F'\t' -v hz="$CLK_TCK" -v d="$DURATION" -v lim="$STEAL_LIMIT" -v first="${NAMES[0]}" "$BENCH_AWK_LIB"'
     function med(m, name,    r, n, a) {
         n = 0
         for (r = 1; r <= rounds; r++) if ((m, name, r) in v) a[++n] = v[m, name, r]

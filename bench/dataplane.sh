@@ -317,20 +317,15 @@ report() {
         printf '%s rounds, each running every cell with the three targets back to back; each figure is the median over the rounds (hop, +p50 and %% of direct taken per round first).\n\n' "$ROUNDS"
     fi
     printf '%s\n\n' "${IDLE_NOTE%;}."
-    awk -F'\t' -v hz="$CLK_TCK" -v d="$DURATION" -v lim="$STEAL_LIMIT" '
+    awk -F'\t' -v hz="$CLK_TCK" -v d="$DURATION" -v lim="$STEAL_LIMIT" "$BENCH_AWK_LIB"'
         { pct[NR] = 100 * $13 / hz / d; if (pct[NR] > lim) over++ }
         $2 == "direct" { repeats += $14 - 1 }
         END {
-            for (i = 2; i <= NR; i++) { x = pct[i]; for (j = i - 1; j >= 1 && pct[j] > x; j--) pct[j + 1] = pct[j]; pct[j + 1] = x }
+            sort_numbers(pct, NR)
             printf "CPU stolen by the hypervisor (steal): cells with a run over %s %% of a core were run again (%d repeats); in the %d runs kept, median %.1f %%, max %.1f %% of a core (%d still over the limit).\n\n",
                 lim, repeats, NR, pct[int((NR + 1) / 2)], pct[NR], over
         }' "$RAW"
-    awk -F'\t' -v hz="$CLK_TCK" '
-    # median of a[1..n]
-    function median(a, n,    i, j, x) {
-        for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-    }
+    awk -F'\t' -v hz="$CLK_TCK" "$BENCH_AWK_LIB"'
     # median over the rounds of metric m of cell/target k (m: rps p50 p99 cpu acpu hop add pct)
     function med(m, k,    r, n, a) {
         n = 0

@@ -109,6 +109,19 @@ bench_cpu_ticks() {
 # figure of the cpu line of /proc/stat), over all cores, in clock ticks.
 bench_steal_ticks() { awk '$1 == "cpu" { print $9 }' /proc/stat; }
 
+# awk functions shared by the reports, put in front of a program: awk "$BENCH_AWK_LIB"'...'
+#   sort_numbers(a, n): sorts a[1..n] in place, smallest first
+#   median(a, n): the median of a[1..n] (sorts a)
+BENCH_AWK_LIB='
+function sort_numbers(a, n,    i, j, x) {
+    for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+}
+function median(a, n) {
+    sort_numbers(a, n)
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+'
+
 # bench_status_kib PID FIELD: a kB field (VmRSS, VmHWM) of /proc/PID/status.
 bench_status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
 
