@@ -108,9 +108,9 @@ pub fn main() -> ExitCode {
         raise_open_files_limit();
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let chosen = std::env::var_os("TOKIO_WORKER_THREADS").is_some();
-    if let Some(workers) = async_workers(&cli.command, cores, chosen) {
+    let cores = || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if let Some(workers) = async_workers(&cli.command, chosen, cores) {
         builder.worker_threads(workers);
     }
     let rt = match builder.enable_all().build() {
@@ -132,10 +132,11 @@ pub fn main() -> ExitCode {
 /// The async workers of `command`'s runtime when not tokio's default (one per core, or
 /// `TOKIO_WORKER_THREADS` when `chosen`): processes that run inferences (`agent`, `runtime`)
 /// take one per core and one more, as the engine computes short inferences inline on one fewer
-/// than the workers: a slot per core, and a worker left to read requests meanwhile.
-fn async_workers(command: &Command, cores: usize, chosen: bool) -> Option<usize> {
+/// than the workers: a slot per core, and a worker left to read requests meanwhile. `cores` is
+/// asked only then (it reads cgroup files), not by every client command.
+fn async_workers(command: &Command, chosen: bool, cores: impl FnOnce() -> usize) -> Option<usize> {
     let infers = matches!(command, Command::Agent(_) | Command::Runtime(_));
-    (infers && !chosen).then_some(cores + 1)
+    (infers && !chosen).then(|| cores() + 1)
 }
 
 /// Servers hold two sockets per proxied client connection (the router) or one per client, and
@@ -215,11 +216,11 @@ mod tests {
             "s",
         ]);
         let up = command(&["coscale", "up"]);
-        assert_eq!(async_workers(&runtime, 2, false), Some(3));
-        assert_eq!(async_workers(&agent, 8, false), Some(9));
-        assert_eq!(async_workers(&up, 2, false), None, "tokio's default");
+        assert_eq!(async_workers(&runtime, false, || 2), Some(3));
+        assert_eq!(async_workers(&agent, false, || 8), Some(9));
+        assert_eq!(async_workers(&up, false, || 2), None, "tokio's default");
         assert_eq!(
-            async_workers(&runtime, 2, true),
+            async_workers(&runtime, true, || 2),
             None,
             "TOKIO_WORKER_THREADS wins"
         );
