@@ -269,8 +269,8 @@ impl Engine {
     /// the others compute, and a request waiting for a slot waits in its handler, where it
     /// counts as in flight (the inference lag), not unread in a socket buffer. A longer or
     /// unmeasured one, or any with no slot to wait for, hands its worker over
-    /// (`block_in_place`) for as long as it runs. On a current-thread
-    /// runtime, which has no other worker, every inference runs inline.
+    /// (`block_in_place`) for as long as it runs. On a current-thread runtime, which has no
+    /// other worker, every inference runs inline.
     pub async fn infer_on_worker(
         &self,
         name: &str,
@@ -282,27 +282,31 @@ impl Engine {
             .ok()
             .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let (result, took) = match handle {
-            Some(h) => {
-                let slots = self.inline.get_or_init(|| {
-                    let n = h.metrics().num_workers().saturating_sub(1);
-                    (n > 0).then(|| Semaphore::new(n))
-                });
-                match slots {
-                    Some(slots) if model.cost.fits(elements, self.inline_budget) => {
-                        let _slot = slots.acquire().await.map_err(|_| {
-                            RuntimeError::Internal("the inline slots are closed".to_owned())
-                        })?;
-                        timed(|| model.infer(name, request))
-                    }
-                    _ => tokio::task::block_in_place(|| timed(|| model.infer(name, request))),
-                }
-            }
             None => timed(|| model.infer(name, request)),
+            Some(h) => match self.inline_slots(&h) {
+                Some(slots) if model.cost.fits(elements, self.inline_budget) => {
+                    let _slot = slots.acquire().await.map_err(|_| {
+                        RuntimeError::Internal("the inline slots are closed".to_owned())
+                    })?;
+                    timed(|| model.infer(name, request))
+                }
+                _ => tokio::task::block_in_place(|| timed(|| model.infer(name, request))),
+            },
         };
         if result.is_ok() {
             model.cost.record(elements, took);
         }
         result
+    }
+
+    /// The inline slots, counted on first use from the workers of `runtime` (see `inline`).
+    fn inline_slots(&self, runtime: &tokio::runtime::Handle) -> Option<&Semaphore> {
+        self.inline
+            .get_or_init(|| {
+                let n = runtime.metrics().num_workers().saturating_sub(1);
+                (n > 0).then(|| Semaphore::new(n))
+            })
+            .as_ref()
     }
 
     fn get(&self, name: &str) -> Result<Arc<LoadedModel>, RuntimeError> {
