@@ -4,7 +4,9 @@
 //! for byte to a replica over an HTTP/2 connection that this same task holds and drives
 //! ([`Links`]), and writes the replica's answer (head, message, trailers) back as it came. No
 //! other task is woken on the way; with tonic's server and client a call crossed five tasks and
-//! the router cost about twice nginx's `grpc_pass` per call (docs/benchmarks.md, "gRPC").
+//! the router cost about twice nginx's `grpc_pass` per call (docs/benchmarks.md, "gRPC"). The
+//! task runs in a [`Repoll`], so that h2's wake-ups of the connection's own task (one per frame
+//! queued) are polls in place rather than trips through the scheduler.
 //!
 //! Server health and metadata are answered locally; ModelReady, ModelMetadata and ModelInfer are
 //! forwarded with `seldon-model` / `seldon-internal-model` metadata set, routed by the
@@ -40,6 +42,7 @@ use crate::handle::{lock, RouterHandle};
 use crate::metrics::GRPC;
 use crate::name::validate_model_name;
 use crate::pool::Pooled;
+use crate::repoll::Repoll;
 use crate::rest::accept_loop;
 use crate::state::Picked;
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
@@ -65,7 +68,7 @@ pub(crate) async fn serve_grpc(
     stopped: watch::Receiver<bool>,
 ) {
     accept_loop(listener, stopped.clone(), |stream| {
-        connection(handle.clone(), stream, stopped.clone())
+        Repoll::new(connection(handle.clone(), stream, stopped.clone()))
     })
     .await;
 }

@@ -20,6 +20,7 @@ mod handle;
 mod metrics;
 mod name;
 mod pool;
+mod repoll;
 mod rest;
 mod serve;
 mod state;
