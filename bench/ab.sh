@@ -2,14 +2,15 @@
 # A/B data-plane comparison of builds or settings. Each VARIANT is started once: the runtime
 # alone (`coscale runtime`) or the platform (`coscale up` with a 1-replica builtin Server holding
 # iris and iris-mlp, load through the router), each with its own binary and environment. Then
-# wrk loads them in turns, every variant once per round in the order given, so that they see the
+# wrk (V2 REST) or, with --protocol grpc, h2load (V2 gRPC ModelInfer, one call at a time per
+# connection) loads them in turns, every variant once per round in the order given, so that they see the
 # same machine; a run during which the hypervisor took more than --steal-limit % of a core
 # ("steal" in /proc/stat) is repeated, up to 3 runs. Per variant, medians over the rounds of
 # req/s, p50, CPU per request (utime+stime of its processes / requests), context switches per
 # request, and req/s in % of the first variant (taken per round).
 #
 # Usage: bench/ab.sh [--model iris-mlp] [--conns 64] [--duration 3] [--rounds 5]
-#                    [--steal-limit 5] [--out FILE] VARIANT...
+#                    [--protocol rest|grpc] [--steal-limit 5] [--out FILE] VARIANT...
 #   VARIANT = KIND/NAME[:VAR=VALUE,...]: KIND is rt or up; VAR=VALUE are environment variables
 #   of that variant's processes (e.g. COSCALE_ROUTER_THREADS=1); BIN=PATH runs another coscale
 #   binary (e.g. a copy of an older build).
@@ -23,6 +24,7 @@ MODEL=iris-mlp
 CONNS=64
 DURATION=3
 ROUNDS=5
+PROTOCOL=rest
 STEAL_LIMIT=5
 STEAL_TRIES=3
 OUT=""
@@ -33,9 +35,10 @@ while (($#)); do
         --conns) CONNS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
+        --protocol) PROTOCOL="$2"; shift 2 ;;
         --steal-limit) STEAL_LIMIT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) bench_die "unknown option $1 (see --help)" ;;
         *) VARIANTS+=("$1"); shift ;;
     esac
@@ -46,13 +49,17 @@ for n in "$CONNS" "$DURATION" "$ROUNDS"; do
 done
 [[ "$STEAL_LIMIT" =~ ^[0-9]+$ ]] || bench_die "--steal-limit wants a whole percentage, not '$STEAL_LIMIT'"
 [[ "$MODEL" == iris || "$MODEL" == iris-mlp ]] || bench_die "--model wants iris or iris-mlp, not '$MODEL'"
+[[ "$PROTOCOL" == rest || "$PROTOCOL" == grpc ]] || bench_die "--protocol wants rest or grpc, not '$PROTOCOL'"
 [[ -n "$OUT" ]] || OUT="$BENCH_ROOT/bench/results/ab-$(date +%Y%m%d-%H%M%S).md"
 
 bench_init
 bench_need wrk wrk curl curl jq jq
+[[ "$PROTOCOL" == rest ]] || bench_need h2load nghttp2-client python3 python3
 bench_build
 CLK_TCK="$(getconf CLK_TCK)"
 bench_manifest "$BENCH_TMP/bench.yaml"
+[[ "$PROTOCOL" == rest ]] || bench_grpc_bodies "$BENCH_TMP" "$MODEL"
+BODY_FILE="$BENCH_TMP/grpc-$MODEL.bin"
 
 # Context switches (voluntary and involuntary) of every thread of the given pids.
 ctx_switches() {
@@ -64,7 +71,7 @@ ctx_switches() {
     echo "$total"
 }
 
-declare -A URL PIDS
+declare -A URL PIDS OK_BYTES
 NAMES=()
 for v in "${VARIANTS[@]}"; do
     [[ "$v" =~ ^(rt|up)/([A-Za-z0-9._-]+)(:(.*))?$ ]] || bench_die "variant '$v' is not KIND/NAME[:VAR=VALUE,...] with KIND rt or up"
@@ -82,28 +89,43 @@ for v in "${VARIANTS[@]}"; do
         for e in "${envs[@]}"; do export "${e?}"; done
         [[ -x "$BIN" ]] || bench_die "variant $name: no executable $BIN"
         if [[ "$kind" == rt ]]; then
-            http="$(bench_free_port)"
-            bench_runtime "$http" "$(bench_free_port)" iris iris-mlp
-            printf '%s\n%s\n' "http://127.0.0.1:$http" "$RT_PID" >"$BENCH_TMP/$name.started"
+            http="$(bench_free_port)" grpc="$(bench_free_port)"
+            bench_runtime "$http" "$grpc" iris iris-mlp
+            printf '%s\n%s\n%s\n' "http://127.0.0.1:$http" "http://127.0.0.1:$grpc" "$RT_PID" >"$BENCH_TMP/$name.started"
         else
             bench_up "$BENCH_TMP/up-$name" "$BENCH_TMP/bench.yaml"
             bench_wait_servers "$BENCH_TMP/up-$name" 60
             bench_wait_models "$BENCH_TMP/up-$name" 2 60 || bench_die "variant $name: models not available"
-            printf '%s\n%s\n' "$ROUTER_HTTP" "$UP_PID ${AGENT_PIDS[*]}" >"$BENCH_TMP/$name.started"
+            printf '%s\n%s\n%s\n' "$ROUTER_HTTP" "${ROUTER_GRPC/#grpc:/http:}" "$UP_PID ${AGENT_PIDS[*]}" \
+                >"$BENCH_TMP/$name.started"
         fi
     )
-    { read -r URL[$name]; read -r PIDS[$name]; } <"$BENCH_TMP/$name.started"
+    { read -r rest_url; read -r grpc_url; read -r PIDS[$name]; } <"$BENCH_TMP/$name.started"
+    if [[ "$PROTOCOL" == rest ]]; then
+        URL[$name]="$rest_url"
+    else
+        URL[$name]="$grpc_url"
+        # Every variant must answer the call, and the same, before anything is timed.
+        got="$(bench_grpc_answer "$grpc_url" "$BODY_FILE")" || bench_die "variant $name: gRPC inference failed"
+        [[ "$got" == *"grpc-status: 0" ]] || bench_die "variant $name: gRPC inference failed: $got"
+        [[ -z "${WANT:-}" || "$got" == "$WANT" ]] || bench_die "variant $name answers $got, ${NAMES[0]} answers $WANT"
+        WANT="$got"
+        OK_BYTES[$name]="$(bench_grpc_answer_bytes "$grpc_url" "$BODY_FILE")"
+    fi
     # shellcheck disable=SC2206
     for p in ${PIDS[$name]}; do bench_track "$p"; done
     NAMES+=("$name")
     bench_log "variant $name ($kind${settings:+, $settings}): ${URL[$name]}, pids ${PIDS[$name]}"
 done
 
-run_wrk() { # name seconds
-    wrk -t "$((CONNS < 2 ? CONNS : 2))" -c "$CONNS" -d "${2}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
-        "${URL[$1]}/v2/models/$MODEL/infer" | grep '^RESULT'
+run_load() { # name seconds → one RESULT line (bench/lib.sh)
+    if [[ "$PROTOCOL" == rest ]]; then
+        bench_wrk "${URL[$1]}" "$MODEL" "$CONNS" "$2"
+    else
+        bench_h2load "${URL[$1]}" "$BODY_FILE" "$CONNS" "$2" 1 "${OK_BYTES[$1]}"
+    fi
 }
-for name in "${NAMES[@]}"; do run_wrk "$name" 2 >/dev/null; done
+for name in "${NAMES[@]}"; do run_load "$name" 2 >/dev/null; done
 
 RAW="$BENCH_TMP/raw.tsv"
 : >"$RAW"
@@ -113,7 +135,7 @@ for round in $(seq 1 "$ROUNDS"); do
             # shellcheck disable=SC2086
             ticks0="$(bench_cpu_ticks ${PIDS[$name]})" ctx0="$(ctx_switches ${PIDS[$name]})"
             steal0="$(bench_steal_ticks)"
-            line="$(run_wrk "$name" "$DURATION")"
+            line="$(run_load "$name" "$DURATION")"
             stolen=$(($(bench_steal_ticks) - steal0))
             # shellcheck disable=SC2086
             ticks=$(($(bench_cpu_ticks ${PIDS[$name]}) - ticks0)) ctx=$(($(ctx_switches ${PIDS[$name]}) - ctx0))
@@ -129,8 +151,14 @@ done
 
 report() {
     bench_header "A/B data-plane comparison" "$CMD"
-    printf 'V2 REST infer of %s, wrk %s, %s connections, threads = min(conns, 2), %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
-        "$MODEL" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')" "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
+    if [[ "$PROTOCOL" == rest ]]; then
+        printf 'V2 REST infer of %s, wrk %s' "$MODEL" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
+    else
+        printf 'V2 gRPC ModelInfer of %s, h2load %s (one call at a time per connection)' \
+            "$MODEL" "$(h2load --version | awk 'NR == 1 { print $2 }')"
+    fi
+    printf ', %s connections, threads = min(conns, 2), %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
+        "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
     for v in "${VARIANTS[@]}"; do printf -- '- `%s`\n' "$v"; done
     printf '\n'
     awk -F'\t' -v hz="$CLK_TCK" -v d="$DURATION" -v lim="$STEAL_LIMIT" -v first="${NAMES[0]}" "$BENCH_AWK_LIB"'

@@ -66,29 +66,8 @@ bench_need wrk wrk nginx nginx-light curl curl jq jq
 bench_build
 CLK_TCK="$(getconf CLK_TCK)"
 BODY='{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}'
-# The same request as a gRPC message (length-prefixed ModelInferRequest), one file per model:
-# BENCH_TMP/grpc-MODEL.bin.
-grpc_bodies() {
-    python3 - "$BENCH_TMP" "$@" <<'PY'
-import struct, sys
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            return out + bytes([b])
-        out += bytes([b | 0x80])
-def field(num, payload):  # length-delimited field
-    return varint(num << 3 | 2) + varint(len(payload)) + payload
-for model in sys.argv[2:]:
-    contents = field(6, struct.pack("<4f", 6.7, 3.0, 5.2, 2.3))  # fp32_contents
-    tensor = field(1, b"input") + field(2, b"FP32") + field(3, varint(1) + varint(4)) + field(5, contents)
-    message = field(1, model.encode()) + field(5, tensor)  # model_name, inputs
-    with open(f"{sys.argv[1]}/grpc-{model}.bin", "wb") as f:
-        f.write(b"\0" + struct.pack(">I", len(message)) + message)
-PY
-}
-[[ "$PROTOCOL" == rest ]] || grpc_bodies $MODELS
+# gRPC: the same request as BENCH_TMP/grpc-MODEL.bin.
+[[ "$PROTOCOL" == rest ]] || bench_grpc_bodies "$BENCH_TMP" $MODELS
 
 # (a) the runtime alone
 RT_HTTP="$(bench_free_port)"
@@ -170,7 +149,6 @@ else
         [coscale]="${ROUTER_GRPC/#grpc:/http:}"
     )
 fi
-INFER_PATH=/inference.GRPCInferenceService/ModelInfer
 declare -A PIDS=(
     [direct]="$RT_PID"
     [nginx]="$NGX_MASTER $NGX_WORKER $RT_PID"
@@ -185,11 +163,7 @@ answer() { # target model
         curl -fsS --max-time 5 -H 'Content-Type: application/json' -d "$BODY" \
             "${URL[$1]}/v2/models/$2/infer" | jq -c '[.outputs[] | {name, data}]'
     else
-        local headers="$BENCH_TMP/answer-headers"
-        curl -fsS --max-time 5 --http2-prior-knowledge -H 'content-type: application/grpc' \
-            -H 'te: trailers' --data-binary "@$BENCH_TMP/grpc-$2.bin" -D "$headers" \
-            "${URL[$1]}$INFER_PATH" | od -An -tx1 | tr -d ' \n'
-        printf ' %s' "$(tr -d '\r' <"$headers" | grep -i '^grpc-status:' || echo 'grpc-status: missing')"
+        bench_grpc_answer "${URL[$1]}" "$BENCH_TMP/grpc-$2.bin"
     fi
 }
 # Every target must give the same answer before anything is timed. gRPC: the DATA bytes of a
@@ -203,9 +177,7 @@ for model in $MODELS; do
         want="$got"
         [[ "$PROTOCOL" == rest ]] && continue
         [[ "$got" == *"grpc-status: 0" ]] || bench_die "$t: gRPC inference on $model failed: $got"
-        ANSWER_BYTES[$t,$model]="$(h2load -n 1 -c 1 -H 'content-type: application/grpc' -H 'te: trailers' \
-            -d "$BENCH_TMP/grpc-$model.bin" "${URL[$t]}$INFER_PATH" |
-            awk '/^traffic:/ { gsub(/[()]/, "", $(NF - 1)); print $(NF - 1) }')"
+        ANSWER_BYTES[$t,$model]="$(bench_grpc_answer_bytes "${URL[$t]}" "$BENCH_TMP/grpc-$model.bin")"
     done
 done
 
@@ -222,41 +194,13 @@ done
 
 RAW="$BENCH_TMP/raw.tsv"
 : >"$RAW"
-# One closed-loop run: target model conns seconds → one line
-#   RESULT requests=N duration_us=N rps=X p50_us=X p99_us=X mean_us=X errors=N non2xx=N
-# REST: wrk and bench/infer.lua. gRPC: h2load (--streams calls at a time per connection), latencies
-# from its per-request log; non2xx counts HTTP statuses other than 2xx and answers without a
-# message (a gRPC error status), from the DATA bytes against a good answer's.
+# One closed-loop run: target model conns seconds → one RESULT line (bench/lib.sh).
 run_load() {
-    local threads=$(($3 < 2 ? $3 : 2))
     if [[ "$PROTOCOL" == rest ]]; then
-        wrk -t "$threads" -c "$3" -d "${4}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
-            "${URL[$1]}/v2/models/$2/infer" | grep '^RESULT'
-        return
+        bench_wrk "${URL[$1]}" "$2" "$3" "$4"
+    else
+        bench_h2load "${URL[$1]}" "$BENCH_TMP/grpc-$2.bin" "$3" "$4" "$STREAMS" "${ANSWER_BYTES[$1,$2]}"
     fi
-    local log="$BENCH_TMP/h2load-requests.tsv" summary
-    rm -f "$log" # h2load appends to its log
-    summary="$(h2load -c "$3" -t "$threads" -m "$STREAMS" -D "$4" -H 'content-type: application/grpc' \
-        -H 'te: trailers' -d "$BENCH_TMP/grpc-$2.bin" --log-file="$log" "${URL[$1]}$INFER_PATH")"
-    sort -n -k3,3 "$log" | awk -F'\t' -v ok_bytes="${ANSWER_BYTES[$1,$2]}" -v summary="$summary" '
-        { lat[NR] = $3; sum += $3 }
-        END {
-            n = split(summary, lines, "\n")
-            for (i = 1; i <= n; i++) {
-                split(lines[i], f, /[ ,]+/)
-                if (lines[i] ~ /^finished in/) { rps = f[4] + 0 }
-                if (lines[i] ~ /^requests:/) { done = f[6]; failed = f[10] + f[12] + f[14] }
-                if (lines[i] ~ /^status codes:/) { ok2xx = f[3] }
-                if (lines[i] ~ /^traffic:/) { data = lines[i]; sub(/.*\(/, "", data); sub(/\).*/, "", data) }
-            }
-            # (a call cut off at the end of the run can add part of an answer to the traffic)
-            answered = ok_bytes > 0 ? int(data / ok_bytes) : done
-            good = ok2xx < answered ? ok2xx : answered
-            non2xx = good < done ? done - good : 0
-            printf "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%.1f p99_us=%.1f mean_us=%.1f errors=%d non2xx=%d\n",
-                done, (rps > 0 ? done / rps * 1e6 : 0), rps, lat[int(NR * 0.5 + 0.5)], lat[int(NR * 0.99 + 0.5)],
-                (NR ? sum / NR : 0), failed, non2xx
-        }'
 }
 for round in $(seq 1 "$ROUNDS"); do
 for model in $MODELS; do

@@ -249,3 +249,84 @@ bench_runtime() {
     bench_track "$RT_PID"
     bench_wait_http "http://127.0.0.1:$http/v2/health/ready" 30 "$RT_PID"
 }
+
+# --- load generators (each prints one line:
+#   RESULT requests=N duration_us=N rps=X p50_us=X p99_us=X mean_us=X errors=N non2xx=N) ---
+
+# V2 REST infer of MODEL at BASE_URL with wrk and bench/infer.lua (one 1×4 FP32 row), closed
+# loop, threads = min(conns, 2): bench_wrk BASE_URL MODEL CONNS SECONDS
+bench_wrk() {
+    wrk -t "$(($3 < 2 ? $3 : 2))" -c "$3" -d "${4}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
+        "$1/v2/models/$2/infer" | grep '^RESULT'
+}
+
+BENCH_INFER_PATH=/inference.GRPCInferenceService/ModelInfer
+
+# The REST runs' request as a gRPC message (length-prefixed ModelInferRequest, 1×4 FP32 in
+# fp32_contents), one file per model: bench_grpc_bodies DIR MODEL... writes DIR/grpc-MODEL.bin.
+bench_grpc_bodies() {
+    python3 - "$@" <<'PY'
+import struct, sys
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+def field(num, payload):  # length-delimited field
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+for model in sys.argv[2:]:
+    contents = field(6, struct.pack("<4f", 6.7, 3.0, 5.2, 2.3))  # fp32_contents
+    tensor = field(1, b"input") + field(2, b"FP32") + field(3, varint(1) + varint(4)) + field(5, contents)
+    message = field(1, model.encode()) + field(5, tensor)  # model_name, inputs
+    with open(f"{sys.argv[1]}/grpc-{model}.bin", "wb") as f:
+        f.write(b"\0" + struct.pack(">I", len(message)) + message)
+PY
+}
+
+# One gRPC ModelInfer answer as text that is the same from every server when they agree: the
+# answer message's bytes (hex) and its grpc-status: bench_grpc_answer BASE_URL BODY_FILE
+bench_grpc_answer() {
+    local headers="$BENCH_TMP/answer-headers"
+    curl -fsS --max-time 5 --http2-prior-knowledge -H 'content-type: application/grpc' \
+        -H 'te: trailers' --data-binary "@$2" -D "$headers" "$1$BENCH_INFER_PATH" | od -An -tx1 | tr -d ' \n'
+    printf ' %s' "$(tr -d '\r' <"$headers" | grep -i '^grpc-status:' || echo 'grpc-status: missing')"
+}
+
+# The DATA bytes of one good answer as h2load counts them (to tell answers from error statuses,
+# which carry no message): bench_grpc_answer_bytes BASE_URL BODY_FILE
+bench_grpc_answer_bytes() {
+    h2load -n 1 -c 1 -H 'content-type: application/grpc' -H 'te: trailers' -d "$2" "$1$BENCH_INFER_PATH" |
+        awk '/^traffic:/ { gsub(/[()]/, "", $(NF - 1)); print $(NF - 1) }'
+}
+
+# gRPC ModelInfer with h2load, closed loop, STREAMS calls at a time per connection, threads =
+# min(conns, 2); latencies from its per-request log; non2xx counts HTTP statuses other than 2xx
+# and answers without a message (a gRPC error status), from the DATA bytes against OK_BYTES:
+# bench_h2load BASE_URL BODY_FILE CONNS SECONDS STREAMS OK_BYTES
+bench_h2load() {
+    local log="$BENCH_TMP/h2load-requests.tsv" summary
+    rm -f "$log" # h2load appends to its log
+    summary="$(h2load -c "$3" -t "$(($3 < 2 ? $3 : 2))" -m "$5" -D "$4" -H 'content-type: application/grpc' \
+        -H 'te: trailers' -d "$2" --log-file="$log" "$1$BENCH_INFER_PATH")"
+    sort -n -k3,3 "$log" | awk -F'\t' -v ok_bytes="$6" -v summary="$summary" '
+        { lat[NR] = $3; sum += $3 }
+        END {
+            n = split(summary, lines, "\n")
+            for (i = 1; i <= n; i++) {
+                split(lines[i], f, /[ ,]+/)
+                if (lines[i] ~ /^finished in/) { rps = f[4] + 0 }
+                if (lines[i] ~ /^requests:/) { done = f[6]; failed = f[10] + f[12] + f[14] }
+                if (lines[i] ~ /^status codes:/) { ok2xx = f[3] }
+                if (lines[i] ~ /^traffic:/) { data = lines[i]; sub(/.*\(/, "", data); sub(/\).*/, "", data) }
+            }
+            # (a call cut off at the end of the run can add part of an answer to the traffic)
+            answered = ok_bytes > 0 ? int(data / ok_bytes) : done
+            good = ok2xx < answered ? ok2xx : answered
+            non2xx = good < done ? done - good : 0
+            printf "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%.1f p99_us=%.1f mean_us=%.1f errors=%d non2xx=%d\n",
+                done, (rps > 0 ? done / rps * 1e6 : 0), rps, lat[int(NR * 0.5 + 0.5)], lat[int(NR * 0.99 + 0.5)],
+                (NR ? sum / NR : 0), failed, non2xx
+        }'
+}
