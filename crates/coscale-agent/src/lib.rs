@@ -238,21 +238,14 @@ pub async fn run(
     let http_task = tokio::spawn({
         let rx = stop_rx.clone();
         let rest = rest.clone();
-        async move {
-            axum::serve(http, rest)
-                .with_graceful_shutdown(stopped(rx))
-                .await
-        }
+        coscale_runtime::serve_rest(http, rest, stopped(rx))
     });
     let socket_task = unix.map(|(unix, path)| {
         let rx = stop_rx.clone();
         let rest = rest.clone();
         tokio::spawn(async move {
-            let served = axum::serve(unix, rest)
-                .with_graceful_shutdown(stopped(rx))
-                .await;
+            coscale_runtime::serve_rest(unix, rest, stopped(rx)).await;
             let _ = std::fs::remove_file(&path);
-            served
         })
     });
     let grpc_task = tokio::spawn({

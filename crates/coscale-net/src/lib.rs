@@ -14,11 +14,16 @@
 //! [`nodelay_incoming`] hands a gRPC server its accepted TCP connections with Nagle's algorithm
 //! off, which tonic does not do for connections it is given.
 //!
+//! [`Repoll`] runs a connection's task so that its wake-ups of itself are polls in place rather
+//! than trips through tokio's scheduler (which wake an idle worker for nothing).
+//!
 //! Depends on tokio only; knows nothing of HTTP.
 
 mod incoming;
+mod repoll;
 
 pub use incoming::nodelay_incoming;
+pub use repoll::{Repoll, MAX_REPOLLS};
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use coscale_api::pb::inference::{ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse};
+use coscale_net::Repoll;
 use futures::stream::{FuturesUnordered, StreamExt};
 use h2::client::SendRequest;
 use h2::server::SendResponse;
@@ -42,7 +43,6 @@ use crate::handle::{lock, RouterHandle};
 use crate::metrics::GRPC;
 use crate::name::validate_model_name;
 use crate::pool::Pooled;
-use crate::repoll::Repoll;
 use crate::rest::accept_loop;
 use crate::state::Picked;
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};

@@ -20,7 +20,6 @@ mod handle;
 mod metrics;
 mod name;
 mod pool;
-mod repoll;
 mod rest;
 mod serve;
 mod state;

@@ -7,6 +7,8 @@
 //! - [`rest_router`]: the V2 REST API (health, metadata, infer with the binary tensor
 //!   extension, repository index/load/unload) as an axum `Router`.
 //! - [`grpc_service`]: the V2 gRPC `GRPCInferenceService` (raw in → raw out).
+//! - [`serve_rest`]: serves a REST `Router` as `axum::serve` does, each connection's task in a
+//!   `coscale_net::Repoll` (hyper wakes the running task for every request body).
 //! - [`RuntimeError`]: the one error type, with the one mapping to HTTP and gRPC codes.
 //!
 //! Depends on `coscale-api` for the wire types; knows nothing of the control plane or router.
@@ -17,6 +19,7 @@ mod error;
 mod grpc;
 mod repository;
 mod rest;
+mod serve;
 
 pub use cost::INLINE_BUDGET;
 pub use engine::{
@@ -27,6 +30,7 @@ pub use error::RuntimeError;
 pub use grpc::{grpc_service, RuntimeGrpc, MAX_GRPC_MESSAGE_SIZE};
 pub use repository::{load_from_repository, repository_index};
 pub use rest::rest_router;
+pub use serve::serve_rest;
 
 /// Server name reported by V2 server metadata.
 pub const SERVER_NAME: &str = "coscale-runtime";

@@ -1,14 +1,15 @@
 //! [`Repoll`]: a future whose wake-ups of itself are handled in place, by polling it again,
 //! instead of going through the scheduler.
 //!
-//! The gRPC front end drives a client's HTTP/2 connection, the call futures and the connections
-//! to replicas all in one task ([`crate::grpc`]). The h2 crate wakes the task that drives a
-//! connection whenever a frame is queued on it, so every answer written and every request sent
-//! wakes *the task that is running*. tokio's multi-thread scheduler treats such a wake-up as a
-//! yield: the task goes to the back of the worker's run queue and an idle worker is woken to
-//! steal it (a futex call, an eventfd write and that worker's `epoll_wait`, twice per call with
-//! one call at a time), only to find the queue empty again because the first worker ran the task
-//! first. `Repoll` gives the future a waker of its own: a wake-up that arrives while the future is
+//! A server that handles a connection in one task wakes that task from within itself: the h2
+//! crate wakes the task that drives a connection whenever a frame is queued on it (the router's
+//! gRPC front end), hyper's HTTP/1 server whenever the handler asks for the request body or the
+//! connection hands it over (the runtime's and the agent's REST servers), so every request wakes
+//! *the task that is running*. tokio's multi-thread scheduler treats such a wake-up as a yield:
+//! the task goes to the back of the worker's run queue and an idle worker is woken to steal it
+//! (futex calls, an eventfd write and that worker's `epoll_wait`), only to find the queue empty
+//! again because the first worker ran the task first. `Repoll` gives the future a waker of its
+//! own: a wake-up that arrives while the future is
 //! being polled only marks it for another poll, which `Repoll` does at once, before returning;
 //! a wake-up at any other time (I/O readiness, a timer, another task) wakes the task as usual.
 //! After [`MAX_REPOLLS`] polls in a row it yields to the scheduler like any task that keeps
@@ -17,13 +18,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use futures::task::AtomicWaker;
-
 /// Polls in a row before a future that keeps waking itself yields to the scheduler.
-pub(crate) const MAX_REPOLLS: usize = 16;
+pub const MAX_REPOLLS: usize = 16;
 
 /// Not being polled.
 const IDLE: u8 = 0;
@@ -32,8 +31,9 @@ const POLLING: u8 = 1;
 /// Being polled and woken meanwhile: poll again before returning.
 const WOKEN: u8 = 2;
 
-/// See the module documentation.
-pub(crate) struct Repoll<F> {
+/// A future whose wake-ups of itself during a poll are polls in place (see the module
+/// documentation). Spawn a connection's task as `tokio::spawn(Repoll::new(connection))`.
+pub struct Repoll<F> {
     inner: Pin<Box<F>>,
     shared: Arc<Shared>,
     /// The waker the inner future sees (wakes `shared`).
@@ -41,10 +41,10 @@ pub(crate) struct Repoll<F> {
 }
 
 impl<F: Future> Repoll<F> {
-    pub(crate) fn new(inner: F) -> Self {
+    pub fn new(inner: F) -> Self {
         let shared = Arc::new(Shared {
             state: AtomicU8::new(IDLE),
-            task: AtomicWaker::new(),
+            task: Mutex::new(None),
         });
         Repoll {
             inner: Box::pin(inner),
@@ -57,7 +57,23 @@ impl<F: Future> Repoll<F> {
 struct Shared {
     state: AtomicU8,
     /// The waker of the task that polls the [`Repoll`], for wake-ups between polls.
-    task: AtomicWaker,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Shared {
+    fn register(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !task.as_ref().is_some_and(|t| t.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+
+    fn wake_task(&self) {
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waker) = task.as_ref() {
+            waker.wake_by_ref();
+        }
+    }
 }
 
 impl Wake for Shared {
@@ -74,7 +90,7 @@ impl Wake for Shared {
             Ok(_) => {}
             // Already marked.
             Err(WOKEN) => {}
-            Err(_) => self.task.wake(),
+            Err(_) => self.wake_task(),
         }
     }
 }
@@ -84,7 +100,7 @@ impl<F: Future> Future for Repoll<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        this.shared.task.register(cx.waker());
+        this.shared.register(cx.waker());
         let mut inner_cx = Context::from_waker(&this.waker);
         for _ in 0..MAX_REPOLLS {
             this.shared.state.store(POLLING, Ordering::Release);
