@@ -155,16 +155,27 @@ pub struct ServerStatus {
     pub events: Vec<EventRecord>,
 }
 
-/// `GET /api/v1/serverconfigs/NAME`: an applied ServerConfig (the built-in ones are not
-/// records, so a built-in name nobody applied is 404).
+/// `GET /api/v1/serverconfigs[/NAME]`: a ServerConfig, applied or built in (`builtin`,
+/// `mlserver`, `triton`; one applied under a built-in name takes the built-in one's place).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerConfigStatus {
     pub name: String,
     /// The namespace of the manifest that defined it (Kubernetes: the ServerConfig's
-    /// namespace).
+    /// namespace); none for a built-in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    pub created_unix_millis: u64,
+    /// Built into coscale rather than applied.
+    #[serde(default)]
+    pub built_in: bool,
+    /// The inference server its replicas run: `builtin`, `mlserver` or `triton`.
+    #[serde(default)]
+    pub runtime: String,
+    /// The Servers that use it, by name.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// When it was applied; none for a built-in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_unix_millis: Option<u64>,
 }
 
 /// `DIR/endpoints.json`, written by `coscale up`.

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use coscale_api::rest::{ApplyResponse, ManifestRequest, ModelStatus, ServerStatus};
+use coscale_api::rest::{
+    ApplyResponse, ManifestRequest, ModelStatus, ServerConfigStatus, ServerStatus,
+};
 
 use crate::client::{Client, Target};
 use crate::output::{self, Format};
@@ -188,7 +190,7 @@ pub async fn delete(a: DeleteArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// `models` or `servers`.
+    /// `models`, `servers`, `serverconfigs` or `hpa`.
     pub kind: String,
     /// One object by name.
     pub name: Option<String>,
@@ -275,6 +277,28 @@ pub fn servers_table(servers: &[ServerStatus]) -> String {
     )
 }
 
+pub fn configs_table(configs: &[ServerConfigStatus]) -> String {
+    let now = now_millis();
+    let rows: Vec<Vec<String>> = configs
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                if c.built_in { "built-in" } else { "applied" }.to_owned(),
+                c.runtime.clone(),
+                if c.servers.is_empty() {
+                    "-".to_owned()
+                } else {
+                    c.servers.join(",")
+                },
+                c.created_unix_millis
+                    .map_or_else(|| "-".to_owned(), |t| output::age(t, now)),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "SOURCE", "RUNTIME", "SERVERS", "AGE"], &rows)
+}
+
 pub async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     let client = a.target.client()?;
     match kind_path(&a.kind)? {
@@ -292,8 +316,15 @@ pub async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             };
             output::print(a.output, &servers, || servers_table(&servers))?;
         }
+        "serverconfigs" => {
+            let configs = match &a.name {
+                Some(n) => vec![client.server_config(n).await?],
+                None => client.server_configs().await?,
+            };
+            output::print(a.output, &configs, || configs_table(&configs))?;
+        }
         "hpas" => crate::hpa::get(&client, a.name.as_deref(), a.output).await?,
-        _ => bail!("get supports models, servers and hpa"),
+        _ => bail!("get supports models, servers, serverconfigs and hpa"),
     }
     Ok(ExitCode::SUCCESS)
 }

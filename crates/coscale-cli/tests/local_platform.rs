@@ -63,6 +63,39 @@ async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_ro
         out.contains("iris-mlp") && out.contains("ModelAvailable"),
         "{out}"
     );
+    // the built-in ServerConfigs are listed, with the runtime they run and the Servers on them
+    let (ok, out, err) = up.cli(&["get", "serverconfigs"]);
+    assert!(ok, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["NAME", "SOURCE", "RUNTIME", "SERVERS", "AGE"],
+        "{out}"
+    );
+    assert!(
+        rows.contains(&vec!["builtin", "built-in", "builtin", "onnx", "-"]),
+        "{out}"
+    );
+    assert!(
+        rows.contains(&vec!["mlserver", "built-in", "mlserver", "-", "-"]),
+        "{out}"
+    );
+    assert!(
+        rows.contains(&vec!["triton", "built-in", "triton", "-", "-"]),
+        "{out}"
+    );
+    let (ok, out, err) = up.cli(&["get", "serverconfig", "builtin", "-o", "json"]);
+    assert!(ok, "{err}");
+    let config: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(config[0]["servers"], serde_json::json!(["onnx"]), "{out}");
+    let (ok, _, err) = up.cli(&["get", "serverconfig", "nope"]);
+    assert!(
+        !ok && err.contains("ServerConfig \"nope\" not found"),
+        "{err}"
+    );
     let (ok, out, _) = up.cli(&["infer", "iris", "--grpc", "--data", IRIS_REQUEST]);
     assert!(ok);
     assert!(out.contains("\"label\""), "{out}");

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use coscale_api::rest::{
-    ApplyResponse, Endpoints, ErrorResponse, ManifestRequest, ModelStatus, ServerStatus,
+    ApplyResponse, Endpoints, ErrorResponse, ManifestRequest, ModelStatus, ServerConfigStatus,
+    ServerStatus,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -192,5 +193,18 @@ impl Client {
     pub async fn server(&self, name: &str) -> anyhow::Result<ServerStatus> {
         self.send(self.http.get(self.url(&format!("/api/v1/servers/{name}"))))
             .await
+    }
+
+    pub async fn server_configs(&self) -> anyhow::Result<Vec<ServerConfigStatus>> {
+        self.send(self.http.get(self.url("/api/v1/serverconfigs")))
+            .await
+    }
+
+    pub async fn server_config(&self, name: &str) -> anyhow::Result<ServerConfigStatus> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/api/v1/serverconfigs/{name}"))),
+        )
+        .await
     }
 }

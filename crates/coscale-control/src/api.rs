@@ -74,6 +74,7 @@ pub fn router(cp: ControlPlane) -> Router {
             "/api/v1/servers/{name}",
             get(get_server).delete(delete_server),
         )
+        .route("/api/v1/serverconfigs", get(list_configs))
         .route(
             "/api/v1/serverconfigs/{name}",
             get(get_config).delete(delete_config),
@@ -352,8 +353,18 @@ async fn delete_by_name(
     kind: &'static str,
     name: String,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    let change = delete_one(&mut cp.state(), kind, &name, now_millis())
-        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
+    let change = delete_one(&mut cp.state(), kind, &name, now_millis()).ok_or_else(|| {
+        if kind == "ServerConfig" && crate::configs::builtin(&name).is_some() {
+            ApiError::Invalid {
+                message: format!(
+                    "ServerConfig {name:?} is built in and cannot be deleted (only an applied ServerConfig of that name could be)"
+                ),
+                details: Vec::new(),
+            }
+        } else {
+            ApiError::NotFound(format!("{kind} {name:?} not found"))
+        }
+    })?;
     cp.commit(&[change])
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(ApplyResponse {
@@ -414,6 +425,10 @@ async fn get_server(
         .server_status(&name)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("Server {name:?} not found")))
+}
+
+async fn list_configs(AxState(cp): AxState<ControlPlane>) -> Json<Vec<ServerConfigStatus>> {
+    Json(cp.state().config_statuses())
 }
 
 async fn get_config(

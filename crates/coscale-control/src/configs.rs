@@ -21,6 +21,9 @@ pub enum RuntimeKind {
 }
 
 impl RuntimeKind {
+    /// Every runtime, which is also every built-in ServerConfig.
+    pub const ALL: [RuntimeKind; 3] = [Self::Builtin, Self::Mlserver, Self::Triton];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Builtin => "builtin",
@@ -124,12 +127,19 @@ fn memory_of_pod_spec(pod_spec: &serde_json::Value) -> Option<u64> {
         .max()
 }
 
+/// The runtime the replicas of the ServerConfig `name` run: named by its containers
+/// (`mlserver`, `triton`) when it is applied (`config`), else by its name when that is a
+/// built-in one, else the built-in runtime.
+pub fn runtime_of_config(name: &str, config: Option<&ServerConfig>) -> RuntimeKind {
+    config
+        .and_then(|c| runtime_of_pod_spec(&c.pod_spec))
+        .or_else(|| builtin(name))
+        .unwrap_or(RuntimeKind::Builtin)
+}
+
 /// Resolves a Server against its ServerConfig (None = built-in or missing).
 pub fn launch(server: &Server, config: Option<&ServerConfig>) -> ServerLaunch {
-    let runtime = config
-        .and_then(|c| runtime_of_pod_spec(&c.pod_spec))
-        .or_else(|| builtin(&server.server_config))
-        .unwrap_or(RuntimeKind::Builtin);
+    let runtime = runtime_of_config(&server.server_config, config);
     let mut capabilities = if server.capabilities.is_empty() {
         let mut caps = runtime.default_capabilities();
         for extra in &server.extra_capabilities {

@@ -1207,12 +1207,40 @@ impl State {
     }
 
     /// The applied ServerConfig of that name (the built-in ones are not records).
+    /// The ServerConfig `name`: applied, else built in; none when it is neither.
     pub fn config_status(&self, name: &str) -> Option<ServerConfigStatus> {
-        self.configs.get(name).map(|rec| ServerConfigStatus {
-            name: rec.config.name.clone(),
-            namespace: rec.config.meta.namespace.clone(),
-            created_unix_millis: rec.created_unix_millis,
+        let rec = self.configs.get(name);
+        if rec.is_none() && configs::builtin(name).is_none() {
+            return None;
+        }
+        let config = rec.map(|r| &r.config);
+        Some(ServerConfigStatus {
+            name: name.to_owned(),
+            namespace: config.and_then(|c| c.meta.namespace.clone()),
+            built_in: rec.is_none(),
+            runtime: configs::runtime_of_config(name, config).as_str().to_owned(),
+            servers: self
+                .servers
+                .values()
+                .filter(|s| s.server.server_config == name)
+                .map(|s| s.server.name.to_string())
+                .collect(),
+            created_unix_millis: rec.map(|r| r.created_unix_millis),
         })
+    }
+
+    /// Every ServerConfig, applied and built in, by name.
+    pub fn config_statuses(&self) -> Vec<ServerConfigStatus> {
+        let names: std::collections::BTreeSet<&str> = self
+            .configs
+            .keys()
+            .map(String::as_str)
+            .chain(RuntimeKind::ALL.iter().map(|k| k.as_str()))
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|name| self.config_status(name))
+            .collect()
     }
 
     /// The routing table: per model the replicas of its latest version that are

@@ -8,8 +8,10 @@ use serde_json::json;
 const TOKEN: &str = "test-token";
 
 /// A GET of a ServerConfig answers the applied record with the namespace of the manifest
-/// that defined it, 404 (in the API's error shape) for a name nobody applied, and 401
-/// without the token, like the Model and Server GETs.
+/// that defined it, a built-in one for a built-in name nobody applied, 404 (in the API's error
+/// shape) for any other name, and 401 without the token, like the Model and Server GETs. The
+/// list has both kinds; a built-in one cannot be deleted, and deleting an applied one of a
+/// built-in name brings the built-in one back.
 #[tokio::test]
 async fn an_applied_server_config_is_read_back_with_its_namespace() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,15 +47,67 @@ async fn an_applied_server_config_is_read_back_with_its_namespace() {
     let found: ServerConfigStatus = found.json().await.unwrap();
     assert_eq!(found.name, "mlserver");
     assert_eq!(found.namespace.as_deref(), Some("team-a"));
-    assert!(found.created_unix_millis > 0);
+    assert!(found.created_unix_millis.is_some_and(|t| t > 0));
+    assert!(!found.built_in);
+    // Its containers name no runtime; its name does.
+    assert_eq!(found.runtime, "mlserver");
 
-    let missing = get("triton", Some(TOKEN)).await.unwrap();
+    let built_in: ServerConfigStatus = get("triton", Some(TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(built_in.built_in);
+    assert_eq!(built_in.runtime, "triton");
+    assert_eq!(
+        (built_in.namespace, built_in.created_unix_millis),
+        (None, None)
+    );
+
+    let missing = get("tritonn", Some(TOKEN)).await.unwrap();
     assert_eq!(missing.status(), 404);
     let err: ErrorResponse = missing.json().await.unwrap();
     assert!(
-        err.error.contains("ServerConfig \"triton\" not found"),
+        err.error.contains("ServerConfig \"tritonn\" not found"),
         "{err:?}"
     );
+
+    let list: Vec<ServerConfigStatus> = http
+        .get(format!("{api}/api/v1/serverconfigs"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<(&str, bool)> = list.iter().map(|c| (c.name.as_str(), c.built_in)).collect();
+    assert_eq!(
+        listed,
+        [("builtin", true), ("mlserver", false), ("triton", true)]
+    );
+
+    let delete = |name: &str| {
+        http.delete(format!("{api}/api/v1/serverconfigs/{name}"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let refused = delete("triton").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let err: ErrorResponse = refused.json().await.unwrap();
+    assert!(
+        err.error.contains("built in and cannot be deleted"),
+        "{err:?}"
+    );
+    assert_eq!(delete("mlserver").await.unwrap().status(), 200);
+    let back: ServerConfigStatus = get("mlserver", Some(TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(back.built_in && back.namespace.is_none());
 
     assert_eq!(get("mlserver", None).await.unwrap().status(), 401);
 }
