@@ -52,12 +52,15 @@ async fn an_applied_server_config_is_read_back_with_its_namespace() {
     // Its containers name no runtime; its name does.
     assert_eq!(found.runtime, "mlserver");
 
-    let built_in: ServerConfigStatus = get("triton", Some(TOKEN))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = |name: &str| {
+        let answer = get(name, Some(TOKEN));
+        async move {
+            let answer = answer.await.unwrap();
+            assert_eq!(answer.status(), 200);
+            answer.json::<ServerConfigStatus>().await.unwrap()
+        }
+    };
+    let built_in = read("triton").await;
     assert!(built_in.built_in);
     assert_eq!(built_in.runtime, "triton");
     assert_eq!(
@@ -101,12 +104,7 @@ async fn an_applied_server_config_is_read_back_with_its_namespace() {
         "{err:?}"
     );
     assert_eq!(delete("mlserver").await.unwrap().status(), 200);
-    let back: ServerConfigStatus = get("mlserver", Some(TOKEN))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let back = read("mlserver").await;
     assert!(back.built_in && back.namespace.is_none());
 
     assert_eq!(get("mlserver", None).await.unwrap().status(), 401);
