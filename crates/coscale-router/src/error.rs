@@ -42,8 +42,8 @@ pub enum RouteError {
         replica: String,
         detail: String,
     },
-    /// The replica's answer broke off or could not be read (not retried: the replica has the
-    /// request).
+    /// The replica's answer broke off (after the retry on another replica also failed) or
+    /// cannot be forwarded (malformed, too large; not retried).
     #[error("model {model}: replica {replica} sent a broken answer: {detail}")]
     UpstreamBroken {
         model: String,
@@ -101,11 +101,24 @@ pub(crate) enum Failure {
     TimedOut,
     /// Nothing came back: retried on another replica.
     NoAnswer(String),
-    /// The answer broke off: not retried, the replica has the request.
+    /// The replica's connection (or, over HTTP/2, the call's stream) failed in the middle of
+    /// its answer, as when the replica's process dies: retried on another replica too. The
+    /// router forwards an answer only once it has it whole, so nothing has reached the client;
+    /// the first replica may have run the inference, and running it again has no other effect.
+    CutOff(String),
+    /// The replica answered something that cannot be forwarded (malformed, larger than the
+    /// router's limit, a protocol switch): not retried, its connection was fine and another
+    /// replica of the same model would most likely answer the same.
     Broken(String),
 }
 
 impl Failure {
+    /// Whether the request goes to another replica: when no answer, or only part of one, came
+    /// back.
+    pub(crate) fn retried(&self) -> bool {
+        matches!(self, Failure::NoAnswer(_) | Failure::CutOff(_))
+    }
+
     pub(crate) fn error(self, handle: &RouterHandle, replica: &Replica) -> RouteError {
         let (model, label) = (replica.model.clone(), replica.label());
         match self {
@@ -119,7 +132,7 @@ impl Failure {
                 replica: label,
                 detail,
             },
-            Failure::Broken(detail) => RouteError::UpstreamBroken {
+            Failure::CutOff(detail) | Failure::Broken(detail) => RouteError::UpstreamBroken {
                 model,
                 replica: label,
                 detail,

@@ -429,7 +429,7 @@ impl From<RouteError> for Named {
 }
 
 /// Reads the call's message, finds its model and forwards it: retried once on another replica if
-/// the first gave no answer.
+/// the first gave no answer or only part of one.
 async fn forward(
     handle: &RouterHandle,
     links: &Links,
@@ -458,7 +458,7 @@ async fn forward(
         Ok(upstream) => return Ok((upstream, first)),
         Err(failure) => failure,
     };
-    let retry = matches!(failure, Failure::NoAnswer(_));
+    let retry = failure.retried();
     let failed = failure.error(handle, first.replica());
     if !retry {
         return Err(known(failed));
@@ -673,8 +673,9 @@ async fn attempt(
     }
 }
 
-/// Sends one call on `send` and reads the whole answer: no answer head is [`Failure::NoAnswer`]
-/// (retried elsewhere), an answer that breaks off or exceeds `limit` is [`Failure::Broken`].
+/// Sends one call on `send` and reads the whole answer: no answer head is [`Failure::NoAnswer`],
+/// an answer that breaks off [`Failure::CutOff`] (both retried elsewhere), one that exceeds
+/// `limit` [`Failure::Broken`].
 async fn exchange(
     send: SendRequest<Bytes>,
     request: Request<()>,
@@ -682,7 +683,7 @@ async fn exchange(
     limit: usize,
 ) -> Result<Upstream, Failure> {
     let no_answer = |e: h2::Error| Failure::NoAnswer(e.to_string());
-    let broken = |e: h2::Error| Failure::Broken(e.to_string());
+    let cut_off = |e: h2::Error| Failure::CutOff(e.to_string());
     let mut send = send.ready().await.map_err(no_answer)?;
     let (response, mut stream) = send.send_request(request, false).map_err(no_answer)?;
     stream.send_data(framed, true).map_err(no_answer)?;
@@ -691,9 +692,9 @@ async fn exchange(
         Collected::TooLarge => Failure::Broken(format!(
             "the answer exceeds the router's limit of {limit} bytes"
         )),
-        Collected::Failed(e) => broken(e),
+        Collected::Failed(e) => cut_off(e),
     })?;
-    let trailers = body.trailers().await.map_err(broken)?;
+    let trailers = body.trailers().await.map_err(cut_off)?;
     Ok(Upstream {
         head,
         message,

@@ -7,7 +7,8 @@
 //! metadata, which wins like in Seldon Core 2), picks a replica from the control plane's routing
 //! table with least outstanding requests first ([`RouterState`]), and forwards the request bytes
 //! adding `seldon-model` and `seldon-internal-model: <model>_<version>`. A replica that fails
-//! before answering is retried once on another replica.
+//! before answering, or in the middle of its answer (the router forwards answers only once it
+//! has them whole), is retried once on another replica.
 //!
 //! Structure: handle ([`RouterHandle`]) + tasks ([`serve`]) + synchronous state ([`RouterState`]).
 //! Depends on coscale-api for wire types only; knows nothing of the control plane's internals.

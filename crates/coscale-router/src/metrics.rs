@@ -66,7 +66,7 @@ impl Default for Metrics {
         );
         registry.register(
             "coscale_router_retries",
-            "Requests retried on another replica after the first failed before answering",
+            "Requests retried on another replica after the first failed before or in the middle of its answer",
             retries.clone(),
         );
         registry.register(

@@ -499,7 +499,7 @@ async fn forward(
         Ok(answer) => return Ok((answer_reply(answer, head_request), first)),
         Err(failure) => failure,
     };
-    let retry = matches!(failure, Failure::NoAnswer(_));
+    let retry = failure.retried();
     let failed = failure.error(handle, first.replica());
     if !retry {
         return Err(Early::Final(Reply::error(&failed), After::KeepOpen));
@@ -593,6 +593,7 @@ impl Outgoing<'_> {
                 Ok(answer)
             }
             Err(ExchangeError::NoAnswer(detail)) => Err((Failure::NoAnswer(detail), reused)),
+            Err(ExchangeError::CutOff(detail)) => Err((Failure::CutOff(detail), false)),
             Err(ExchangeError::Broken(detail)) => Err((Failure::Broken(detail), false)),
         }
     }

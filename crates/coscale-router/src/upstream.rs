@@ -19,7 +19,7 @@ use coscale_net::UnixConn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::h1::{self, Framing, ResponseHead};
+use crate::h1::{self, BodyError, Framing, ResponseHead};
 use crate::pool::Pooled;
 
 /// A connection to a replica: TCP, or its Unix socket.
@@ -137,7 +137,9 @@ pub(crate) enum ExchangeError {
     /// No answer arrived: the request could not be sent, or the connection closed or failed
     /// before the status line. Sending it again elsewhere is what the router does.
     NoAnswer(String),
-    /// The answer started and then broke off or was malformed.
+    /// The answer started and then the connection closed or failed.
+    CutOff(String),
+    /// The answer was malformed or larger than the limit.
     Broken(String),
 }
 
@@ -164,7 +166,7 @@ pub(crate) async fn exchange(
                 let started = !conn.buf.is_empty();
                 match conn.stream.read_buf(&mut conn.buf).await {
                     Ok(0) if started => {
-                        return Err(ExchangeError::Broken(
+                        return Err(ExchangeError::CutOff(
                             "connection closed in the middle of the answer's head".into(),
                         ))
                     }
@@ -174,7 +176,7 @@ pub(crate) async fn exchange(
                         ))
                     }
                     Ok(_) => {}
-                    Err(e) if started => return Err(ExchangeError::Broken(e.to_string())),
+                    Err(e) if started => return Err(ExchangeError::CutOff(e.to_string())),
                     Err(e) => return Err(ExchangeError::NoAnswer(e.to_string())),
                 }
             }
@@ -189,7 +191,12 @@ pub(crate) async fn exchange(
         .map_err(|e| ExchangeError::Broken(e.to_owned()))?;
     let body = h1::read_body(&mut conn.stream, &mut conn.buf, framing, answer_limit)
         .await
-        .map_err(|e| ExchangeError::Broken(format!("answer {e}")))?;
+        .map_err(|e| match e {
+            BodyError::Closed | BodyError::Io(_) => ExchangeError::CutOff(format!("answer {e}")),
+            BodyError::TooLarge(_) | BodyError::Malformed(_) => {
+                ExchangeError::Broken(format!("answer {e}"))
+            }
+        })?;
     let reusable = framing != Framing::UntilClose && head.keep_alive() && conn.buf.is_empty();
     Ok((Answer { head, body }, reusable.then_some(conn)))
 }
@@ -315,18 +322,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_closed_before_the_answer_is_no_answer_and_a_cut_body_is_broken() {
+    async fn a_connection_closed_before_the_answer_is_no_answer_in_it_cut_off_and_a_bad_one_broken()
+    {
         let err = ask(b"", true, false, 100).await.unwrap_err();
         assert!(matches!(err, ExchangeError::NoAnswer(_)), "{err:?}");
-        let err = ask(
+        for cut in [
+            &b"HTTP/1.1 200 OK\r\ncontent-le"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
-            true,
-            false,
-            100,
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(err, ExchangeError::Broken(_)), "{err:?}");
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nsho",
+        ] {
+            let err = ask(cut, true, false, 100).await.unwrap_err();
+            assert!(matches!(err, ExchangeError::CutOff(_)), "{err:?}");
+        }
+        for bad in [
+            &b"HTTP/1.1 2x0 OK\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
+        ] {
+            let err = ask(bad, true, false, 100).await.unwrap_err();
+            assert!(matches!(err, ExchangeError::Broken(_)), "{err:?}");
+        }
     }
 
     #[tokio::test]

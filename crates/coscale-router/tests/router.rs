@@ -593,23 +593,30 @@ async fn closing_addr() -> SocketAddr {
     addr
 }
 
-/// With `broken` first and a healthy replica second, every REST request succeeds and the
-/// broken replica (tried first at least once by round-robin) is retried on the healthy one.
-async fn assert_failures_before_answering_are_retried(broken: SocketAddr) {
+/// With `broken` (REST and gRPC addresses) first and a healthy replica second, every request
+/// (REST, or gRPC with `over_grpc`) succeeds and the broken replica (tried first at least once
+/// by round-robin) is retried on the healthy one.
+async fn assert_failed_attempts_are_retried(broken: (SocketAddr, SocketAddr), over_grpc: bool) {
     let (alive, http, grpc) = start_agent("alive", Mode::Ok).await;
     let router = TestRouter::start(
         RouterConfig::default(),
         table(vec![(
             "m",
             vec![
-                endpoint("s", 0, 1, broken, broken),
+                endpoint("s", 0, 1, broken.0, broken.1),
                 endpoint("s", 1, 1, http, grpc),
             ],
         )]),
     )
     .await;
+    let mut client = router.grpc_client().await;
     for _ in 0..2 {
-        assert_eq!(router.infer("/v2/models/m/infer").await.status(), 200);
+        if over_grpc {
+            let answer = client.model_infer(infer_message("m")).await.unwrap();
+            assert_eq!(answer.into_inner().id, "alive");
+        } else {
+            assert_eq!(router.infer("/v2/models/m/infer").await.status(), 200);
+        }
     }
     assert_eq!(alive.seen().len(), 2);
     let retries = metric_value(&router.metrics().await, "coscale_router_retries_total").unwrap();
@@ -622,12 +629,14 @@ async fn assert_failures_before_answering_are_retried(broken: SocketAddr) {
 
 #[tokio::test]
 async fn a_replica_refusing_connections_is_retried_on_the_other_replica() {
-    assert_failures_before_answering_are_retried(closed_addr().await).await;
+    let closed = closed_addr().await;
+    assert_failed_attempts_are_retried((closed, closed), false).await;
 }
 
 #[tokio::test]
 async fn a_replica_closing_the_connection_before_answering_is_retried_on_the_other_replica() {
-    assert_failures_before_answering_are_retried(closing_addr().await).await;
+    let closing = closing_addr().await;
+    assert_failed_attempts_are_retried((closing, closing), false).await;
 }
 
 #[tokio::test]
@@ -1191,11 +1200,22 @@ async fn grpc_requests_are_checked_before_anything_is_forwarded() {
     router.shutdown().await;
 }
 
-/// A gRPC replica on the h2 crate that answers every call with an empty message, and with
-/// `close_after_each_call` then closes the connection (GOAWAY). Counts the connections.
-async fn h2_replica(
-    close_after_each_call: bool,
-) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// How an [`h2_replica`] answers.
+#[derive(Clone, Copy, PartialEq)]
+enum H2Answer {
+    /// An empty message and status OK.
+    Whole,
+    /// The same, then it closes the connection (GOAWAY).
+    WholeThenClose,
+    /// The answer's head and the first MiB of a 2 MiB message, then, once the router's
+    /// window update shows it has read them, it resets the call's stream (as a replica that
+    /// fails in the middle of an answer).
+    CutOff,
+}
+
+/// A gRPC replica on the h2 crate that answers every call as `answer` says. Counts the
+/// connections.
+async fn h2_replica(answer: H2Answer) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1216,13 +1236,30 @@ async fn h2_replica(
                         .body(())
                         .unwrap();
                     let mut stream = respond.send_response(head, false).unwrap();
+                    if answer == H2Answer::CutOff {
+                        // Driven by a task of its own while `accept` drives the connection.
+                        tokio::spawn(async move {
+                            let mut first = vec![0u8; 1 << 20];
+                            first[1..5].copy_from_slice(&(2u32 << 20).to_be_bytes());
+                            stream.send_data(bytes::Bytes::from(first), false).unwrap();
+                            // The router's window is full: one more byte of room means it has
+                            // read the head and the first MiB.
+                            stream.reserve_capacity(1);
+                            while let Some(Ok(0)) =
+                                std::future::poll_fn(|cx| stream.poll_capacity(cx)).await
+                            {
+                            }
+                            stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                        });
+                        continue;
+                    }
                     stream
                         .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false)
                         .unwrap();
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", "0".parse().unwrap());
                     stream.send_trailers(trailers).unwrap();
-                    if close_after_each_call {
+                    if answer == H2Answer::WholeThenClose {
                         conn.graceful_shutdown();
                     }
                 }
@@ -1234,9 +1271,9 @@ async fn h2_replica(
 
 /// A router whose model `m` has one replica: an [`h2_replica`] (gRPC only).
 async fn router_on_h2_replica(
-    close_after_each_call: bool,
+    answer: H2Answer,
 ) -> (TestRouter, Arc<std::sync::atomic::AtomicUsize>) {
-    let (replica, connections) = h2_replica(close_after_each_call).await;
+    let (replica, connections) = h2_replica(answer).await;
     let unused = closed_addr().await;
     let router = TestRouter::start(
         RouterConfig::default(),
@@ -1246,9 +1283,18 @@ async fn router_on_h2_replica(
     (router, connections)
 }
 
+/// A gRPC replica that fails in the middle of an answer has the call retried on the other
+/// replica; the client gets that replica's answer.
+#[tokio::test]
+async fn a_grpc_answer_cut_off_by_the_replica_is_retried_on_the_other_replica() {
+    let (cut_off, _) = h2_replica(H2Answer::CutOff).await;
+    let unused = closed_addr().await;
+    assert_failed_attempts_are_retried((unused, cut_off), true).await;
+}
+
 #[tokio::test]
 async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_elsewhere() {
-    let (router, connections) = router_on_h2_replica(true).await;
+    let (router, connections) = router_on_h2_replica(H2Answer::WholeThenClose).await;
     let mut client = router.grpc_client().await;
     for _ in 0..3 {
         client.model_infer(infer_message("m")).await.unwrap();
@@ -1264,7 +1310,7 @@ async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_e
 
 #[tokio::test]
 async fn grpc_clients_that_connect_for_each_call_share_the_routers_connection_to_the_replica() {
-    let (router, connections) = router_on_h2_replica(false).await;
+    let (router, connections) = router_on_h2_replica(H2Answer::Whole).await;
     // Each client makes one call on a connection of its own and goes away. Once the router has
     // seen a client leave before the next one calls, the next call goes out on the connection
     // to the replica that the client before it left behind.
@@ -1719,16 +1765,32 @@ async fn idle_and_slow_clients_are_cut_off_after_the_client_timeout() {
     router.shutdown().await;
 }
 
+/// A replica whose connection closes in the middle of an answer (as when its process dies) has
+/// the request retried on the other replica: the client gets the whole answer from there.
 #[tokio::test]
-async fn an_answer_that_breaks_off_gives_502_and_is_not_retried() {
-    let (broken, _) =
+async fn an_answer_cut_off_by_the_replica_is_retried_on_the_other_replica() {
+    let (cut_off, _) =
         one_answer_per_connection_replica(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
             .await;
+    assert_failed_attempts_are_retried((cut_off, cut_off), false).await;
+}
+
+/// A malformed answer that arrives whole is the replica's answer: 502, not retried.
+#[tokio::test]
+async fn a_malformed_answer_gives_502_and_is_not_retried() {
+    let (broken, _) = one_answer_per_connection_replica(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
     let (healthy, router, failed, ok) =
         two_requests_over_a_bad_and_a_healthy_replica((broken, broken), 502).await;
     assert_eq!(ok.status(), 200);
     assert_v2_error(failed, 502, "replica s/0 sent a broken answer").await;
-    assert_eq!(healthy.seen().len(), 1, "the broken answer was not retried");
+    assert_eq!(
+        healthy.seen().len(),
+        1,
+        "the malformed answer was not retried"
+    );
     assert_eq!(
         metric_value(&router.metrics().await, "coscale_router_retries_total"),
         Some(0.0)
