@@ -9,11 +9,13 @@
 //! the task goes to the back of the worker's run queue and an idle worker is woken to steal it
 //! (futex calls, an eventfd write and that worker's `epoll_wait`), only to find the queue empty
 //! again because the first worker ran the task first. `Repoll` gives the future a waker of its
-//! own: a wake-up that arrives while the future is
-//! being polled only marks it for another poll, which `Repoll` does at once, before returning;
-//! a wake-up at any other time (I/O readiness, a timer, another task) wakes the task as usual.
-//! After [`MAX_REPOLLS`] polls in a row it yields to the scheduler like any task that keeps
-//! waking itself, so one busy connection cannot starve the others on its worker.
+//! own: a wake-up that arrives while the future is being polled only marks it for another poll,
+//! which `Repoll` does at once, before returning; a wake-up at any other time (I/O readiness, a
+//! timer, another task) wakes the task as usual. After [`MAX_REPOLLS`] polls in a row it yields
+//! to the scheduler like any task that keeps waking itself, so one busy connection cannot starve
+//! the others on its worker. (tokio's resources that refuse to go on once a task has used up its
+//! cooperative budget wake it only after it has returned to the scheduler, so they still make it
+//! yield.)
 
 use std::future::Future;
 use std::pin::Pin;
