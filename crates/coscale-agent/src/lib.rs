@@ -46,10 +46,11 @@ pub struct AgentConfig {
     pub overcommit_percent: u32,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    /// A Unix-domain socket where the REST data plane listens too (given by `coscale up` to
-    /// its local replicas; the router prefers it to TCP on loopback). Created with mode 0600
-    /// (a stale socket file at the path is replaced) and removed when the agent stops.
-    pub rest_socket: Option<std::path::PathBuf>,
+    /// A Unix-domain socket where the data plane listens too, V2 REST and gRPC on the one
+    /// socket (given by `coscale up` to its local replicas; the router prefers it to TCP on
+    /// loopback). Created with mode 0600 (a stale socket file at the path is replaced) and
+    /// removed when the agent stops.
+    pub data_socket: Option<std::path::PathBuf>,
     /// Host (IP or name) reported to the control plane for the data-plane addresses
     /// instead of the bound IP (required when binding 0.0.0.0, e.g. the pod IP).
     pub advertise_host: Option<String>,
@@ -96,7 +97,7 @@ impl AgentConfig {
             overcommit_percent: 10,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            rest_socket: None,
+            data_socket: None,
             advertise_host: None,
             leave_grace: Duration::from_secs(25),
             exit_after_disconnect: None,
@@ -150,33 +151,33 @@ pub async fn advertised(
     }
 }
 
-/// Binds the REST data plane's Unix socket at `path`: a socket file left there by an agent that
+/// Binds the data plane's Unix socket at `path`: a socket file left there by an agent that
 /// did not stop cleanly is replaced; any other file is an error. The socket is private to the
 /// user (mode 0600).
-fn bind_rest_socket(path: &std::path::Path) -> anyhow::Result<RestSocket> {
+fn bind_data_socket(path: &std::path::Path) -> anyhow::Result<DataSocket> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
             .with_context(|| format!("cannot replace the old socket {}", path.display()))?,
         Ok(_) => anyhow::bail!(
-            "--rest-socket {} exists and is not a socket; not replacing it",
+            "--data-socket {} exists and is not a socket; not replacing it",
             path.display()
         ),
         Err(_) => {}
     }
     let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on the REST socket {}", path.display()))?;
+        .with_context(|| format!("cannot listen on the data-plane socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot make {} private", path.display()))?;
-    Ok(RestSocket(listener))
+    Ok(DataSocket(listener))
 }
 
-/// The REST data plane's Unix socket. Its connections are [`coscale_net::UnixConn`]s, which the
+/// The data plane's Unix socket (REST, and gRPC over HTTP/2). Its connections are [`coscale_net::UnixConn`]s, which the
 /// reactor watches for readability only: with tokio's own stream the agent would wake once more
 /// per answer, when the router reads it.
-struct RestSocket(tokio::net::UnixListener);
+struct DataSocket(tokio::net::UnixListener);
 
-impl axum::serve::Listener for RestSocket {
+impl axum::serve::Listener for DataSocket {
     type Io = coscale_net::UnixConn;
     type Addr = tokio::net::unix::SocketAddr;
 
@@ -186,7 +187,7 @@ impl axum::serve::Listener for RestSocket {
             let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
             match coscale_net::UnixConn::from_tokio(stream) {
                 Ok(conn) => return (conn, addr),
-                Err(e) => warn!("dropped a connection on the REST socket: {e}"),
+                Err(e) => warn!("dropped a connection on the data-plane socket: {e}"),
             }
         }
     }
@@ -221,8 +222,8 @@ pub async fn run(
     let http = TcpListener::bind(config.http_addr).await?;
     let grpc = TcpListener::bind(config.grpc_addr).await?;
     // Bound before anything is spawned, so that a bad path fails the start cleanly.
-    let unix = match &config.rest_socket {
-        Some(path) => Some((bind_rest_socket(path)?, path.clone())),
+    let unix = match &config.data_socket {
+        Some(path) => Some((bind_data_socket(path)?, path.clone())),
         None => None,
     };
     let host = config.advertise_host.as_deref();
@@ -242,9 +243,14 @@ pub async fn run(
     });
     let socket_task = unix.map(|(unix, path)| {
         let rx = stop_rx.clone();
-        let rest = rest.clone();
+        // REST, and gRPC (HTTP/2 with prior knowledge) on the same socket: the router's calls
+        // to a local replica are cheaper over it than over TCP on loopback.
+        let both = rest.clone().route_service(
+            "/inference.GRPCInferenceService/{*method}",
+            dataplane::grpc_service(dp.clone(), config.body_limit),
+        );
         tokio::spawn(async move {
-            coscale_runtime::serve_rest(unix, rest, stopped(rx)).await;
+            coscale_runtime::serve_rest(unix, both, stopped(rx)).await;
             let _ = std::fs::remove_file(&path);
         })
     });

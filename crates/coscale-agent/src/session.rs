@@ -116,8 +116,8 @@ pub async fn run_once(ctx: &Arc<Ctx>, connected: &mut bool) -> Result<SessionEnd
         pid: std::process::id(),
         runtime: ctx.dp.backend.kind().to_owned(),
         runtime_error: ctx.dp.backend.unavailable_reason().unwrap_or_default(),
-        rest_socket: cfg
-            .rest_socket
+        data_socket: cfg
+            .data_socket
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),

@@ -22,10 +22,15 @@ pub struct Endpoint {
     pub http: SocketAddr,
     /// The agent's V2 gRPC listener.
     pub grpc: SocketAddr,
-    /// The agent's V2 REST listener on a Unix-domain socket, when it has one (a replica on
-    /// the router's machine): cheaper than TCP on loopback, so the router prefers it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rest_socket: Option<PathBuf>,
+    /// The agent's data plane on a Unix-domain socket, V2 REST and gRPC (HTTP/2 with prior
+    /// knowledge) on the one socket, when it has one (a replica on the router's machine):
+    /// cheaper than TCP on loopback, so the router prefers it for both protocols.
+    #[serde(
+        default,
+        alias = "rest_socket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_socket: Option<PathBuf>,
 }
 
 impl Endpoint {

@@ -355,11 +355,12 @@ pub struct AgentArgs {
     /// read (and counted as inference lag). `coscale up`'s replicas take it from the environment.
     #[arg(long, env = "COSCALE_INLINE_BUDGET_US", default_value_t = 1000)]
     pub inline_budget_us: u64,
-    /// Also serve the REST data plane on this Unix-domain socket (mode 0600; a stale socket
-    /// there is replaced). `coscale up` gives one to each local replica, and its router then
-    /// forwards over it instead of TCP on loopback.
-    #[arg(long, env = "COSCALE_REST_SOCKET")]
-    pub rest_socket: Option<PathBuf>,
+    /// Also serve the data plane on this Unix-domain socket, V2 REST and gRPC (HTTP/2 with
+    /// prior knowledge) on the one socket (mode 0600; a stale socket there is replaced).
+    /// `coscale up` gives one to each local replica, and its router then forwards both
+    /// protocols over it instead of TCP on loopback.
+    #[arg(long, env = "COSCALE_DATA_SOCKET")]
+    pub data_socket: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -407,7 +408,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
     cfg.overcommit_percent = a.overcommit_percent;
     cfg.http_addr = a.http_addr;
     cfg.grpc_addr = a.grpc_addr;
-    cfg.rest_socket = a.rest_socket;
+    cfg.data_socket = a.data_socket;
     cfg.advertise_host = a.advertise_host.or(a.pod_ip);
     cfg.leave_grace = Duration::from_secs_f64(a.drain_grace_seconds.max(0.0));
     cfg.body_limit = a.body_limit;

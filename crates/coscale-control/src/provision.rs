@@ -37,13 +37,13 @@ pub struct AgentCommand {
     pub token_file: PathBuf,
     /// Where replica logs go (`<server>-<ordinal>.log`).
     pub log_dir: PathBuf,
-    /// Where replicas put their REST Unix sockets ([`agent_socket`]); see [`socket_dir`].
+    /// Where replicas put their data-plane Unix sockets ([`agent_socket`]); see [`socket_dir`].
     pub socket_dir: PathBuf,
     /// A replica exits when its control plane has been gone this long (no orphans).
     pub orphan_grace: std::time::Duration,
 }
 
-/// The folder of local replicas' REST Unix sockets under a data directory (absolute, so that
+/// The folder of local replicas' data-plane Unix sockets under a data directory (absolute, so that
 /// the path the agent is given and the one the control plane checks are the same string).
 pub fn socket_dir(data_dir: &Path) -> PathBuf {
     std::path::absolute(data_dir)
@@ -59,10 +59,10 @@ pub fn agent_socket(dir: &Path, server: &str, idx: u32) -> Option<PathBuf> {
     (path.as_os_str().len() < 108).then_some(path)
 }
 
-/// The REST socket a registering replica announced, if it is exactly the one the local
+/// The data-plane socket a registering replica announced, if it is exactly the one the local
 /// provisioner of the control plane with `data_dir` gives that replica. The router connects to
 /// it, so an agent may not point it at any other socket on the machine.
-pub fn accepted_rest_socket(
+pub fn accepted_data_socket(
     data_dir: &Path,
     server: &str,
     idx: u32,
@@ -458,7 +458,7 @@ fn spawn(
         .arg("--exit-after-disconnect")
         .arg(cmd.orphan_grace.as_secs().max(1).to_string());
     if let Some(socket) = agent_socket(&cmd.socket_dir, server.as_str(), idx) {
-        c.arg("--rest-socket").arg(socket);
+        c.arg("--data-socket").arg(socket);
     }
     c.stdin(Stdio::null())
         .stdout(Stdio::from(log))
@@ -489,7 +489,7 @@ mod tests {
         let data = Path::new("/run/cs");
         let ok = "/run/cs/sockets/pool-2.sock";
         assert_eq!(
-            accepted_rest_socket(data, "pool", 2, ok).unwrap(),
+            accepted_data_socket(data, "pool", 2, ok).unwrap(),
             Path::new(ok)
         );
         for wrong in [
@@ -499,10 +499,10 @@ mod tests {
             "sockets/pool-2.sock",
         ] {
             assert!(
-                accepted_rest_socket(data, "pool", 2, wrong).is_none(),
+                accepted_data_socket(data, "pool", 2, wrong).is_none(),
                 "{wrong}"
             );
         }
-        assert!(accepted_rest_socket(data, "other", 2, ok).is_none());
+        assert!(accepted_data_socket(data, "other", 2, ok).is_none());
     }
 }

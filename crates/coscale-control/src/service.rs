@@ -274,22 +274,22 @@ impl ControlPlane {
             .max_decoding_message_size(16 << 20)
     }
 
-    /// The REST socket an agent announced, if it is the one this control plane's local
-    /// provisioner gives that replica ([`crate::provision::accepted_rest_socket`]).
-    fn checked_rest_socket(&self, reg: &Register) -> Option<PathBuf> {
-        if reg.rest_socket.is_empty() {
+    /// The data-plane socket an agent announced, if it is the one this control plane's local
+    /// provisioner gives that replica ([`crate::provision::accepted_data_socket`]).
+    fn checked_data_socket(&self, reg: &Register) -> Option<PathBuf> {
+        if reg.data_socket.is_empty() {
             return None;
         }
-        let accepted = crate::provision::accepted_rest_socket(
+        let accepted = crate::provision::accepted_data_socket(
             &self.inner.config.data_dir,
             &reg.server,
             reg.replica,
-            &reg.rest_socket,
+            &reg.data_socket,
         );
         if accepted.is_none() {
             tracing::warn!(
-                server = %reg.server, replica = reg.replica, socket = %reg.rest_socket,
-                "ignoring a REST socket that is not this replica's in this control plane's socket folder; the replica is reached over TCP"
+                server = %reg.server, replica = reg.replica, socket = %reg.data_socket,
+                "ignoring a data-plane socket that is not this replica's in this control plane's socket folder; the replica is reached over TCP"
             );
         }
         accepted
@@ -318,7 +318,7 @@ impl ControlPlane {
                 )));
             }
         }
-        let rest_socket = self.checked_rest_socket(&reg);
+        let data_socket = self.checked_data_socket(&reg);
         let server = ServerName::new(reg.server.clone());
         let replica = ReplicaIndex(reg.replica);
         let session = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
@@ -337,7 +337,7 @@ impl ControlPlane {
             overcommit_percent: reg.overcommit_percent,
             http,
             grpc,
-            rest_socket,
+            data_socket,
             pid: reg.pid,
             runtime: reg.runtime,
             runtime_error: reg.runtime_error,

@@ -113,8 +113,8 @@ pub struct AgentInfo {
     pub overcommit_percent: u32,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    /// The REST data plane's Unix socket (local replicas), checked at registration.
-    pub rest_socket: Option<std::path::PathBuf>,
+    /// The data plane's Unix socket, REST and gRPC (local replicas), checked at registration.
+    pub data_socket: Option<std::path::PathBuf>,
     pub pid: u32,
     pub runtime: String,
     pub runtime_error: String,
@@ -1264,7 +1264,7 @@ impl State {
                             version: *v,
                             http: e.info.http,
                             grpc: e.info.grpc,
-                            rest_socket: e.info.rest_socket.clone(),
+                            data_socket: e.info.data_socket.clone(),
                         });
                     }
                 }

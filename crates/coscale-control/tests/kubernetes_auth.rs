@@ -192,7 +192,7 @@ impl Cp {
                 pid: 1,
                 runtime: "builtin".to_owned(),
                 runtime_error: String::new(),
-                rest_socket: String::new(),
+                data_socket: String::new(),
             })),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -39,7 +39,7 @@ fn info(port: u16) -> AgentInfo {
         overcommit_percent: 10,
         http: format!("127.0.0.1:{port}").parse().unwrap(),
         grpc: format!("127.0.0.1:{}", port + 1).parse().unwrap(),
-        rest_socket: None,
+        data_socket: None,
         pid: u32::from(port),
         runtime: "builtin".into(),
         runtime_error: String::new(),
@@ -141,14 +141,14 @@ fn a_model_is_loaded_where_placed_and_routed_once_loaded() {
 }
 
 #[test]
-fn a_replicas_rest_socket_reaches_the_routing_table() {
+fn a_replicas_data_socket_reaches_the_routing_table() {
     let mut st = State::default();
     apply(
         &mut st,
         &(server("s", 1) + "---\n" + &model("m", "/x", 1, "onnx")),
     );
     let mut with_socket = info(10_000);
-    with_socket.rest_socket = Some("/run/cs/sockets/s-0.sock".into());
+    with_socket.data_socket = Some("/run/cs/sockets/s-0.sock".into());
     st.agent_registered(
         ServerName::new("s"),
         ReplicaIndex(0),
@@ -162,7 +162,7 @@ fn a_replicas_rest_socket_reaches_the_routing_table() {
     let table = st.routing_table();
     let endpoint = &table.route("m").unwrap().endpoints[0];
     assert_eq!(
-        endpoint.rest_socket.as_deref(),
+        endpoint.data_socket.as_deref(),
         Some(std::path::Path::new("/run/cs/sockets/s-0.sock"))
     );
 }

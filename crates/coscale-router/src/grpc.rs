@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -45,6 +46,7 @@ use crate::name::validate_model_name;
 use crate::pool::Pooled;
 use crate::rest::accept_loop;
 use crate::state::Picked;
+use crate::upstream::Stream;
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const SERVICE: &str = "/inference.GRPCInferenceService/";
@@ -104,7 +106,7 @@ impl Pooled for Link {
 struct Drive {
     addr: SocketAddr,
     id: u64,
-    conn: Pin<Box<h2::client::Connection<TcpStream, Bytes>>>,
+    conn: Pin<Box<h2::client::Connection<Stream, Bytes>>>,
 }
 
 impl Future for Drive {
@@ -141,18 +143,21 @@ impl Links {
         Some(send)
     }
 
-    /// Opens a connection to `addr`, holds it and returns its handle.
-    async fn open(&self, addr: SocketAddr) -> Result<SendRequest<Bytes>, String> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    /// Opens a connection to the replica at `addr` — over its Unix `socket` when it has one —,
+    /// holds it and returns its handle.
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        socket: Option<&Path>,
+    ) -> Result<SendRequest<Bytes>, String> {
+        let stream = Stream::connect(addr, socket, self.connect_timeout)
             .await
-            .map_err(|_| format!("timed out after {} ms", self.connect_timeout.as_millis()))?
             .map_err(|e| e.to_string())?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(WINDOW)
             .initial_connection_window_size(WINDOW)
             .max_header_list_size(MAX_HEADER_LIST)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(|e| e.to_string())?;
         let drive = Drive {
@@ -661,10 +666,11 @@ async fn attempt(
                 Err(failure) => return Err(failure),
             }
         }
-        let send = links
-            .open(addr)
-            .await
-            .map_err(|e| Failure::NoAnswer(format!("connecting to {addr} failed: {e}")))?;
+        let socket = replica.endpoint.data_socket.as_deref();
+        let send = links.open(addr, socket).await.map_err(|e| {
+            let to = socket.map_or_else(|| addr.to_string(), |p| p.display().to_string());
+            Failure::NoAnswer(format!("connecting to {to} failed: {e}"))
+        })?;
         exchange(send, request()?, framed.clone(), limit).await
     };
     match tokio::time::timeout(config.request_timeout, run).await {

@@ -548,7 +548,7 @@ async fn attempt(
                 Err((failure, _)) => return Err(failure),
             }
         }
-        let socket = replica.endpoint.rest_socket.as_deref();
+        let socket = replica.endpoint.data_socket.as_deref();
         let conn = Upstream::connect(addr, socket, config.connect_timeout)
             .await
             .map_err(|e| {

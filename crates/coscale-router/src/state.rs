@@ -227,7 +227,7 @@ mod tests {
             version: 1,
             http: ([127, 0, 0, 1], port).into(),
             grpc: ([127, 0, 0, 1], port + 1000).into(),
-            rest_socket: None,
+            data_socket: None,
         }
     }
 

@@ -1,11 +1,12 @@
 //! Connections from the router to replicas' REST listeners, and one request/answer exchange on
-//! such a connection.
+//! such a connection; [`Stream`], a connection to a replica over TCP or its Unix socket, for
+//! REST and gRPC alike.
 //!
 //! Each client connection keeps the replica connections it used ([`Upstreams`]): the next
 //! request to the same replica goes out on the same socket from the same task, with no pool lock
 //! and no hand-over to another task. When the client goes away its connections move to the
 //! shared idle [`crate::pool::Pool`], from which new client connections take them. A replica that has a
-//! REST Unix socket (local replicas of `coscale up`) is reached over it, else over TCP.
+//! data-plane Unix socket (local replicas of `coscale up`) is reached over it, else over TCP.
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,11 +23,37 @@ use tokio::net::TcpStream;
 use crate::h1::{self, BodyError, Framing, ResponseHead};
 use crate::pool::Pooled;
 
-/// A connection to a replica: TCP, or its Unix socket.
+/// A connection to a replica: TCP, or its Unix socket (REST and gRPC alike).
 #[derive(Debug)]
-enum Stream {
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixConn),
+}
+
+impl Stream {
+    /// Connects to the replica at `addr` — over `socket` when it has one — within `timeout`.
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        socket: Option<&Path>,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let connect = async {
+            Ok::<_, io::Error>(match socket {
+                Some(path) => Stream::Unix(UnixConn::connect(path).await?),
+                None => {
+                    let tcp = TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    Stream::Tcp(tcp)
+                }
+            })
+        };
+        tokio::time::timeout(timeout, connect).await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {} ms", timeout.as_millis()),
+            )
+        })?
+    }
 }
 
 impl AsyncRead for Stream {
@@ -88,22 +115,7 @@ impl Upstream {
         socket: Option<&Path>,
         timeout: Duration,
     ) -> io::Result<Self> {
-        let connect = async {
-            Ok::<_, io::Error>(match socket {
-                Some(path) => Stream::Unix(UnixConn::connect(path).await?),
-                None => {
-                    let tcp = TcpStream::connect(addr).await?;
-                    tcp.set_nodelay(true)?;
-                    Stream::Tcp(tcp)
-                }
-            })
-        };
-        let stream = tokio::time::timeout(timeout, connect).await.map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect timed out after {} ms", timeout.as_millis()),
-            )
-        })??;
+        let stream = Stream::connect(addr, socket, timeout).await?;
         Ok(Upstream {
             addr,
             stream,

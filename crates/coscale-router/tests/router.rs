@@ -279,7 +279,7 @@ fn endpoint(
         version,
         http,
         grpc,
-        rest_socket: None,
+        data_socket: None,
     }
 }
 
@@ -1686,7 +1686,7 @@ async fn stopping_closes_idle_connections_and_lets_a_request_in_flight_finish() 
 }
 
 #[tokio::test]
-async fn a_replica_with_a_rest_socket_is_reached_over_it() {
+async fn a_replica_with_a_socket_is_reached_over_it_with_rest_and_grpc() {
     let agent = Arc::new(FakeAgent {
         name: "unix",
         mode: Mode::Ok,
@@ -1698,14 +1698,19 @@ async fn a_replica_with_a_rest_socket_is_reached_over_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s-0.sock");
     let unix = tokio::net::UnixListener::bind(&path).unwrap();
+    // REST, and gRPC over HTTP/2 with prior knowledge, on the one socket (as the agent serves).
     let app = axum::Router::new()
+        .route_service(
+            "/inference.GRPCInferenceService/{*method}",
+            GrpcInferenceServiceServer::new(GrpcAgent(Arc::clone(&agent))),
+        )
         .fallback(agent_rest)
         .with_state(Arc::clone(&agent));
     tokio::spawn(async move { axum::serve(unix, app).await.unwrap() });
     // Nothing listens on the TCP address: only the socket can answer.
     let tcp = closed_addr().await;
     let mut on_socket = endpoint("s", 0, 3, tcp, tcp);
-    on_socket.rest_socket = Some(path.clone());
+    on_socket.data_socket = Some(path.clone());
     let router =
         TestRouter::start(RouterConfig::default(), table(vec![("m", vec![on_socket])])).await;
     for _ in 0..3 {
@@ -1714,12 +1719,18 @@ async fn a_replica_with_a_rest_socket_is_reached_over_it() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["agent"], "unix");
     }
-    assert_eq!(agent.seen().len(), 3);
+    let mut grpc = router.grpc_client().await;
+    for _ in 0..3 {
+        let answer = grpc.model_infer(infer_message("m")).await.unwrap();
+        assert_eq!(answer.into_inner().id, "unix");
+    }
+    assert_eq!(agent.seen().len(), 6);
     assert_eq!(agent.seen()[0].internal.as_deref(), Some("m_3"));
+    assert_eq!(agent.seen()[5].internal.as_deref(), Some("m_3"));
     // A socket that is gone is a replica that gives no answer: 502 saying where it tried.
     drop(dir);
     let mut gone = endpoint("s", 0, 4, tcp, tcp);
-    gone.rest_socket = Some(path.clone());
+    gone.data_socket = Some(path.clone());
     router.tables.send(table(vec![("m", vec![gone])])).unwrap();
     let client = reqwest::Client::new();
     let response = client
@@ -1729,6 +1740,11 @@ async fn a_replica_with_a_rest_socket_is_reached_over_it() {
         .await
         .unwrap();
     assert_v2_error(response, 502, "s-0.sock").await;
+    // (A new client connection: `grpc` still holds its connection to the old socket's server.)
+    let mut fresh = router.grpc_client().await;
+    let status = fresh.model_infer(infer_message("m")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains("s-0.sock"), "{status:?}");
     router.shutdown().await;
 }
 
