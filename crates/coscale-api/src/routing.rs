@@ -65,3 +65,25 @@ impl RoutingTable {
         self.models.get(model)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn an_endpoint_reads_its_socket_under_the_old_name_too_and_writes_the_new_one() {
+        let json = r#"{"server":"s","replica":0,"version":1,"http":"127.0.0.1:1",
+            "grpc":"127.0.0.1:2","rest_socket":"/run/s-0.sock"}"#;
+        let endpoint: Endpoint = serde_json::from_str(json).unwrap();
+        assert_eq!(endpoint.data_socket, Some(PathBuf::from("/run/s-0.sock")));
+        let written = serde_json::to_value(&endpoint).unwrap();
+        assert_eq!(written["data_socket"], "/run/s-0.sock");
+        assert!(written.get("rest_socket").is_none());
+        let none: Endpoint = serde_json::from_str(
+            r#"{"server":"s","replica":0,"version":1,"http":"127.0.0.1:1","grpc":"127.0.0.1:2"}"#,
+        )
+        .unwrap();
+        assert_eq!(none.data_socket, None);
+    }
+}
