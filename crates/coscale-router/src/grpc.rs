@@ -46,7 +46,7 @@ use crate::name::validate_model_name;
 use crate::pool::Pooled;
 use crate::rest::accept_loop;
 use crate::state::Picked;
-use crate::upstream::Stream;
+use crate::upstream::{connect_failed, Stream};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const SERVICE: &str = "/inference.GRPCInferenceService/";
@@ -667,10 +667,10 @@ async fn attempt(
             }
         }
         let socket = replica.endpoint.data_socket.as_deref();
-        let send = links.open(addr, socket).await.map_err(|e| {
-            let to = socket.map_or_else(|| addr.to_string(), |p| p.display().to_string());
-            Failure::NoAnswer(format!("connecting to {to} failed: {e}"))
-        })?;
+        let send = links
+            .open(addr, socket)
+            .await
+            .map_err(|e| connect_failed(addr, socket, e))?;
         exchange(send, request()?, framed.clone(), limit).await
     };
     match tokio::time::timeout(config.request_timeout, run).await {

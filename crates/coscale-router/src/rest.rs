@@ -25,7 +25,7 @@ use crate::metrics::REST;
 use crate::name::{decode_model_segment, validate_model_name};
 use crate::pool::Pool;
 use crate::state::{Picked, Replica};
-use crate::upstream::{exchange, Answer, ExchangeError, Upstream, Upstreams};
+use crate::upstream::{connect_failed, exchange, Answer, ExchangeError, Upstream, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const MODELS_PREFIX: &str = "/v2/models/";
@@ -551,10 +551,7 @@ async fn attempt(
         let socket = replica.endpoint.data_socket.as_deref();
         let conn = Upstream::connect(addr, socket, config.connect_timeout)
             .await
-            .map_err(|e| {
-                let to = socket.map_or_else(|| addr.to_string(), |p| p.display().to_string());
-                Failure::NoAnswer(format!("connecting to {to} failed: {e}"))
-            })?;
+            .map_err(|e| connect_failed(addr, socket, e))?;
         outgoing
             .on(conn, upstreams)
             .await

@@ -20,6 +20,7 @@ use coscale_net::UnixConn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::error::Failure;
 use crate::h1::{self, BodyError, Framing, ResponseHead};
 use crate::pool::Pooled;
 
@@ -94,6 +95,17 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
+}
+
+/// The failure of a connection (or, over HTTP/2, its handshake) to the replica at `addr`, over
+/// its Unix `socket` when it has one: no answer, so the request is retried elsewhere.
+pub(crate) fn connect_failed(
+    addr: SocketAddr,
+    socket: Option<&Path>,
+    err: impl std::fmt::Display,
+) -> Failure {
+    let to = socket.map_or_else(|| addr.to_string(), |p| p.display().to_string());
+    Failure::NoAnswer(format!("connecting to {to} failed: {err}"))
 }
 
 /// One open connection to a replica's REST listener.
