@@ -353,18 +353,8 @@ async fn delete_by_name(
     kind: &'static str,
     name: String,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    let change = delete_one(&mut cp.state(), kind, &name, now_millis()).ok_or_else(|| {
-        if kind == "ServerConfig" && crate::configs::builtin(&name).is_some() {
-            ApiError::Invalid {
-                message: format!(
-                    "ServerConfig {name:?} is built in and cannot be deleted (only an applied ServerConfig of that name could be)"
-                ),
-                details: Vec::new(),
-            }
-        } else {
-            ApiError::NotFound(format!("{kind} {name:?} not found"))
-        }
-    })?;
+    let change = delete_one(&mut cp.state(), kind, &name, now_millis())
+        .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
     cp.commit(&[change])
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(ApplyResponse {
@@ -396,7 +386,19 @@ async fn delete_config(
     AxState(cp): AxState<ControlPlane>,
     Path(name): Path<String>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    delete_by_name(cp, "ServerConfig", name).await
+    // A built-in name nobody applied is there, but not to be deleted: say so rather than 404.
+    let built_in = crate::configs::builtin(&name).map(|_| name.clone());
+    delete_by_name(cp, "ServerConfig", name)
+        .await
+        .map_err(|err| match (err, built_in) {
+            (ApiError::NotFound(_), Some(name)) => ApiError::Invalid {
+                message: format!(
+                    "ServerConfig {name:?} is built in and cannot be deleted (only an applied ServerConfig of that name could be)"
+                ),
+                details: Vec::new(),
+            },
+            (err, _) => err,
+        })
 }
 
 async fn list_models(AxState(cp): AxState<ControlPlane>) -> Json<Vec<ModelStatus>> {

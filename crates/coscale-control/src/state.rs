@@ -1206,7 +1206,6 @@ impl State {
             .collect()
     }
 
-    /// The applied ServerConfig of that name (the built-in ones are not records).
     /// The ServerConfig `name`: applied, else built in; none when it is neither.
     pub fn config_status(&self, name: &str) -> Option<ServerConfigStatus> {
         let rec = self.configs.get(name);
