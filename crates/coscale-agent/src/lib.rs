@@ -239,7 +239,7 @@ pub async fn run(
     let http_task = tokio::spawn({
         let rx = stop_rx.clone();
         let rest = rest.clone();
-        coscale_runtime::serve_rest(http, rest, stopped(rx))
+        coscale_runtime::serve_http(http, rest, stopped(rx))
     });
     let socket_task = unix.map(|(unix, path)| {
         let rx = stop_rx.clone();
@@ -250,7 +250,7 @@ pub async fn run(
             dataplane::grpc_service(dp.clone(), config.body_limit),
         );
         tokio::spawn(async move {
-            coscale_runtime::serve_rest(unix, both, stopped(rx)).await;
+            coscale_runtime::serve_http(unix, both, stopped(rx)).await;
             let _ = std::fs::remove_file(&path);
         })
     });

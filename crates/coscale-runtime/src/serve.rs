@@ -1,4 +1,4 @@
-//! [`serve_rest`]: serves an axum `Router` (HTTP/1.1, and HTTP/2 with prior knowledge) as
+//! [`serve_http`]: serves an axum `Router` (HTTP/1.1, and HTTP/2 with prior knowledge) as
 //! `axum::serve` does, with one difference: each connection's task runs in a
 //! [`coscale_net::Repoll`].
 //!
@@ -7,7 +7,8 @@
 //! waits for the body, the connection delivers it); on tokio's multi-thread runtime every such
 //! wake-up also woke an idle worker, which found nothing to do (two futex calls per request at
 //! one connection, in the runtime alone and in the agent alike). In a `Repoll` it is a poll in
-//! place. Used by `coscale runtime` and by the agent (TCP and its Unix socket).
+//! place. Used by `coscale runtime` and by the agent (REST on TCP; REST and gRPC on its Unix
+//! socket).
 
 use std::future::Future;
 
@@ -22,7 +23,7 @@ use tokio::task::JoinSet;
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
 /// connection finish the request it is handling (idle ones close at once) and returns.
-pub async fn serve_rest<L: Listener>(
+pub async fn serve_http<L: Listener>(
     mut listener: L,
     app: Router,
     shutdown: impl Future<Output = ()>,
@@ -54,13 +55,13 @@ where
     tokio::select! {
         served = conn.as_mut() => {
             if let Err(err) = served {
-                tracing::trace!(%err, "REST connection ended with an error");
+                tracing::trace!(%err, "HTTP connection ended with an error");
             }
             return;
         }
         _ = stop.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
     }
     if let Err(err) = conn.await {
-        tracing::trace!(%err, "REST connection ended with an error while closing");
+        tracing::trace!(%err, "HTTP connection ended with an error while closing");
     }
 }

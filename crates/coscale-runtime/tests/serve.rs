@@ -1,4 +1,4 @@
-//! `serve_rest`: serves HTTP/1.1 and HTTP/2 (prior knowledge), and stops gracefully: a request
+//! `serve_http`: serves HTTP/1.1 and HTTP/2 (prior knowledge), and stops gracefully: a request
 //! in flight when the shutdown comes is answered, idle keep-alive connections do not hold the
 //! shutdown up, and nothing new is accepted afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -42,7 +42,7 @@ async fn start() -> Served {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel();
-    let done = tokio::spawn(coscale_runtime::serve_rest(listener, app, async {
+    let done = tokio::spawn(coscale_runtime::serve_http(listener, app, async {
         let _ = stopped.await;
     }));
     Served {
@@ -104,7 +104,7 @@ async fn serves_http1_and_http2_on_many_requests_per_connection() {
     served.stop.send(()).unwrap();
     tokio::time::timeout(DEADLINE, served.done)
         .await
-        .expect("serve_rest returned after the shutdown")
+        .expect("serve_http returned after the shutdown")
         .unwrap();
 }
 
@@ -135,7 +135,7 @@ async fn a_shutdown_answers_the_request_in_flight_then_accepts_nothing() {
         tokio::time::timeout(Duration::from_millis(200), &mut done)
             .await
             .is_err(),
-        "serve_rest returned with a request in flight"
+        "serve_http returned with a request in flight"
     );
     served.release.notify_one();
     let answer = tokio::time::timeout(DEADLINE, in_flight)
@@ -147,7 +147,7 @@ async fn a_shutdown_answers_the_request_in_flight_then_accepts_nothing() {
     assert_eq!(answer.text().await.unwrap(), "done");
     tokio::time::timeout(DEADLINE, done)
         .await
-        .expect("serve_rest returned once the request in flight was answered")
+        .expect("serve_http returned once the request in flight was answered")
         .unwrap();
     let refused = reqwest::Client::new()
         .get(format!("{}/slow", served.base))
