@@ -239,7 +239,7 @@ pub async fn run(
     let http_task = tokio::spawn({
         let rx = stop_rx.clone();
         let rest = rest.clone();
-        coscale_runtime::serve_http(http, rest, stopped(rx))
+        coscale_runtime::serve_http(coscale_runtime::nodelay(http), rest, stopped(rx))
     });
     let socket_task = unix.map(|(unix, path)| {
         let rx = stop_rx.clone();
@@ -256,13 +256,9 @@ pub async fn run(
     });
     let grpc_task = tokio::spawn({
         let rx = stop_rx.clone();
-        let svc = dataplane::grpc_service(dp.clone(), config.body_limit);
-        async move {
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(coscale_net::nodelay_incoming(grpc), stopped(rx))
-                .await
-        }
+        let grpc_app =
+            coscale_runtime::grpc_app(dataplane::grpc_service(dp.clone(), config.body_limit));
+        coscale_runtime::serve_http(coscale_runtime::nodelay(grpc), grpc_app, stopped(rx))
     });
 
     let (leaving_tx, leaving_rx) = watch::channel(false);

@@ -473,12 +473,13 @@ pub async fn runtime(a: RuntimeArgs) -> anyhow::Result<ExitCode> {
     );
     let app = coscale_runtime::rest_router(engine.clone(), a.repository.clone(), a.body_limit);
     let svc = coscale_runtime::grpc_service(engine, a.repository.clone());
-    let rest = coscale_runtime::serve_http(http, app, stop_signal());
-    let grpc = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(coscale_net::nodelay_incoming(grpc), stop_signal());
-    let ((), g) = tokio::join!(rest, grpc);
-    g?;
+    let rest = coscale_runtime::serve_http(coscale_runtime::nodelay(http), app, stop_signal());
+    let grpc = coscale_runtime::serve_http(
+        coscale_runtime::nodelay(grpc),
+        coscale_runtime::grpc_app(svc),
+        stop_signal(),
+    );
+    tokio::join!(rest, grpc);
     Ok(ExitCode::SUCCESS)
 }
 

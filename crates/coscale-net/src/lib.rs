@@ -1,5 +1,5 @@
-//! Socket plumbing shared by the router, the agent and the servers' gRPC listeners, below any
-//! protocol.
+//! Socket plumbing shared by the router, the agent, the runtime and the control plane's gRPC
+//! listeners, below any protocol.
 //!
 //! [`UnixConn`] is the Unix-domain stream the router uses to reach local replicas and the agent
 //! serves them on. It exists for one reason: tokio registers its `UnixStream` with the reactor
@@ -11,8 +11,10 @@
 //! `UnixConn` is registered for readability only, writes directly, and registers a duplicate of
 //! the socket for writability only while a write waits for room.
 //!
-//! [`nodelay_incoming`] hands a gRPC server its accepted TCP connections with Nagle's algorithm
-//! off, which tonic does not do for connections it is given.
+//! [`nodelay_incoming`] hands a tonic gRPC server (the control plane's agent channel and KEDA
+//! scaler) its accepted TCP connections with Nagle's algorithm off, which tonic does not do for
+//! connections it is given. (The data plane's listeners serve through
+//! `coscale_runtime::serve_http`, whose `nodelay` does the same for axum's listeners.)
 //!
 //! [`Repoll`] runs a connection's task so that its wake-ups of itself are polls in place rather
 //! than trips through tokio's scheduler (which wake an idle worker for nothing).

@@ -1,8 +1,10 @@
-//! The V2 gRPC service over a real TCP listener, driven by the generated tonic client.
+//! The V2 gRPC service served as `coscale runtime` serves it (`serve_http` of `grpc_app` on a
+//! `nodelay` TCP listener), driven by the generated tonic client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use common::*;
@@ -12,18 +14,23 @@ use coscale_api::v2::{InferResponse, TensorData};
 use coscale_runtime::{grpc_service, Engine, MAX_GRPC_MESSAGE_SIZE};
 use tonic::transport::Channel;
 
-async fn start() -> GrpcInferenceServiceClient<Channel> {
+/// Serves the runtime's gRPC service with `iris` loaded; returns its address.
+async fn serve() -> SocketAddr {
     let engine = Arc::new(Engine::new());
     engine.load("iris", &models_dir().join("iris")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = grpc_service(engine, models_dir());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    tokio::spawn(coscale_runtime::serve_http(
+        coscale_runtime::nodelay(listener),
+        coscale_runtime::grpc_app(service),
+        std::future::pending(),
+    ));
+    addr
+}
+
+async fn start() -> GrpcInferenceServiceClient<Channel> {
+    let addr = serve().await;
     GrpcInferenceServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
@@ -239,4 +246,39 @@ async fn repository_rpcs_load_list_and_unload_models() {
         c.repository_model_load(absent).await.unwrap_err().code(),
         tonic::Code::NotFound
     );
+}
+
+/// A call to a service or method the runtime does not serve answers gRPC status UNIMPLEMENTED
+/// (12), as tonic's own server does, rather than an HTTP error.
+#[tokio::test]
+async fn a_call_to_another_service_or_method_is_unimplemented() {
+    use http_body_util::{BodyExt, Full};
+    let addr = serve().await;
+    let mut send = http2_connection(&addr.to_string()).await;
+    for path in [
+        "/grpc.health.v1.Health/Check",
+        "/inference.GRPCInferenceService/NoSuchMethod",
+    ] {
+        let empty_message = bytes::Bytes::from_static(&[0, 0, 0, 0, 0]);
+        let request = http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(empty_message))
+            .unwrap();
+        let answer = send.send_request(request).await.unwrap();
+        assert_eq!(answer.status(), http::StatusCode::OK, "{path}");
+        let headers = answer.headers().clone();
+        let trailers = answer
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .trailers()
+            .cloned();
+        let status = headers
+            .get("grpc-status")
+            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+            .unwrap_or_else(|| panic!("{path}: no grpc-status in {headers:?} / {trailers:?}"));
+        assert_eq!(status, "12", "{path}");
+    }
 }

@@ -3,6 +3,8 @@
 //! shutdown up, and nothing new is accepted afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,15 +60,7 @@ async fn start() -> Served {
 /// clients and h2c-speaking proxies do; returns the answers.
 async fn echo_over_http2(base: &str, body: &str, times: usize) -> Vec<(http::StatusCode, String)> {
     use http_body_util::{BodyExt, Full};
-    let addr = base.trim_start_matches("http://");
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = common::http2_connection(base.trim_start_matches("http://")).await;
     let mut answers = Vec::new();
     for _ in 0..times {
         let request = http::Request::post(format!("{base}/echo"))
@@ -158,4 +152,22 @@ async fn a_shutdown_answers_the_request_in_flight_then_accepts_nothing() {
         refused.is_err(),
         "a new connection after the shutdown was served"
     );
+}
+
+#[tokio::test]
+async fn nodelay_turns_nagle_off_on_every_accepted_connection() {
+    use axum::serve::Listener;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut listener = coscale_runtime::nodelay(listener);
+    for _ in 0..3 {
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = tokio::time::timeout(DEADLINE, listener.accept())
+            .await
+            .expect("the connection was accepted");
+        assert!(accepted.nodelay().unwrap());
+        assert_eq!(peer, client.local_addr().unwrap());
+        // The client's end is left as it was: the option is the server's choice for its end.
+        assert!(!client.nodelay().unwrap());
+    }
 }

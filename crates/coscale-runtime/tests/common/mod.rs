@@ -1,4 +1,5 @@
-//! Shared fixtures: the example models and the iris rows whose labels make_models.py printed.
+//! Shared fixtures: the example models, the iris rows whose labels make_models.py printed, and
+//! an HTTP/2 client connection.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -34,4 +35,20 @@ pub fn iris_request(rows: &[[f32; 4]]) -> InferRequest {
         )],
         ..Default::default()
     }
+}
+
+/// An HTTP/2 connection (prior knowledge, as gRPC clients and h2c-speaking proxies use) to the
+/// server at `addr` (`host:port`), driven by a task of its own.
+pub async fn http2_connection(
+    addr: &str,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
 }
