@@ -47,6 +47,17 @@ pub struct ErrorResponse {
     pub details: Vec<String>,
 }
 
+/// The message of a Model, Server or ServerConfig that a manifest of namespace `owner` defined
+/// when a manifest of another namespace names it: coscale's names are cluster-wide, Kubernetes'
+/// namespaced. Said by the control plane when it refuses such an apply or delete (409), and by
+/// the operator in the status of the object it does not apply.
+pub fn name_taken(kind: &str, name: &str, owner: &str) -> String {
+    let names = kind.to_lowercase();
+    format!(
+        "a {kind} named {name} already exists in namespace {owner}; coscale's {names} names are cluster-wide, so this one is not applied (rename it, or delete the other)"
+    )
+}
+
 /// State of one model replica on one server replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelReplicaStatus {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use coscale_api::rest::{
     ApplyResponse, Endpoints, ErrorResponse, ManifestRequest, ModelStatus, ServerConfigStatus,
     ServerStatus,
@@ -65,19 +65,49 @@ pub fn api_endpoints(
     }
 }
 
-/// The value of a 2xx answer, or the control plane's error as an `anyhow` error.
+/// A non-2xx answer of the control plane: its HTTP status and what it said. Displayed as its
+/// message, then each detail on a line of its own. Callers that act on the status (the
+/// operator on 409 Conflict) find it with `anyhow::Error::downcast_ref`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub error: String,
+    pub details: Vec<String>,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)?;
+        for detail in &self.details {
+            write!(f, "\n  {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// The value of a 2xx answer, or the control plane's error as an [`ApiFailure`].
 fn decode<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> anyhow::Result<T> {
     if status.is_success() {
         return serde_json::from_slice(bytes).context("unexpected answer from the control plane");
     }
-    match serde_json::from_slice::<ErrorResponse>(bytes) {
-        Ok(e) if e.details.is_empty() => bail!("{}", e.error),
-        Ok(e) => bail!("{}\n  {}", e.error, e.details.join("\n  ")),
-        Err(_) => bail!(
-            "control plane answered {status}: {}",
-            String::from_utf8_lossy(bytes)
-        ),
-    }
+    let failure = match serde_json::from_slice::<ErrorResponse>(bytes) {
+        Ok(e) => ApiFailure {
+            status: status.as_u16(),
+            error: e.error,
+            details: e.details,
+        },
+        Err(_) => ApiFailure {
+            status: status.as_u16(),
+            error: format!(
+                "control plane answered {status}: {}",
+                String::from_utf8_lossy(bytes)
+            ),
+            details: Vec::new(),
+        },
+    };
+    Err(failure.into())
 }
 
 impl Client {

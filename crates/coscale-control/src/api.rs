@@ -33,6 +33,11 @@ pub enum ApiError {
     },
     #[error("{0}")]
     NotFound(String),
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        details: Vec<String>,
+    },
     #[error("{0}")]
     Unauthorized(crate::auth::AuthError),
     #[error("{0}")]
@@ -44,11 +49,14 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let details = match &self {
-            ApiError::Invalid { details, .. } => details.clone(),
+            ApiError::Invalid { details, .. } | ApiError::Conflict { details, .. } => {
+                details.clone()
+            }
             _ => Vec::new(),
         };
         (
@@ -173,6 +181,35 @@ fn check_references(state: &State, resources: &[Resource], source: &str) -> Resu
     }
 }
 
+/// Refuses a batch that names a Model, Server or ServerConfig a manifest of another namespace
+/// defined (coscale's names are cluster-wide, Kubernetes' namespaced; an object without a
+/// namespace, or stored without one, claims none). Made under the state lock with the apply or
+/// delete it guards, so two namespaces cannot both take one name; nothing of the batch is
+/// `done` when one object is refused.
+fn check_namespaces(
+    state: &State,
+    resources: &[Resource],
+    source: &str,
+    done: &str,
+) -> Result<(), ApiError> {
+    let details: Vec<String> = resources
+        .iter()
+        .filter_map(|r| {
+            let ours = r.meta().namespace.as_deref()?;
+            let owner = state.held_by_namespace(r.kind(), r.name())?;
+            (owner != ours).then(|| coscale_api::rest::name_taken(r.kind(), r.name(), owner))
+        })
+        .collect();
+    if details.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Conflict {
+            message: format!("{source} names objects another namespace holds: nothing was {done}"),
+            details,
+        })
+    }
+}
+
 /// Order of application: ServerConfigs, then Servers, then Models.
 fn rank(r: &Resource) -> u8 {
     match r {
@@ -262,6 +299,7 @@ async fn apply(
     {
         let mut st = cp.state();
         check_references(&st, &resources, &req.source)?;
+        check_namespaces(&st, &resources, &req.source, "applied")?;
         for r in resources {
             let kind = r.kind().to_owned();
             let name = r.name().to_owned();
@@ -320,6 +358,7 @@ async fn delete_manifest(
     let mut changes = Vec::new();
     {
         let mut st = cp.state();
+        check_namespaces(&st, &resources, &req.source, "deleted")?;
         for r in resources.iter().rev() {
             let change = if req.dry_run {
                 None

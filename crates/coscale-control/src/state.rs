@@ -418,6 +418,18 @@ impl State {
         Some(Persist::DeleteConfig(name.to_owned()))
     }
 
+    /// The namespace whose manifest defined the stored Model, Server or ServerConfig of `kind`
+    /// and `name`, if there is one and its manifest had a namespace.
+    pub fn held_by_namespace(&self, kind: &str, name: &str) -> Option<&str> {
+        let meta = match kind {
+            "Model" => self.models.get(name).map(|r| &r.model.meta),
+            "Server" => self.servers.get(name).map(|r| &r.server.meta),
+            "ServerConfig" => self.configs.get(name).map(|r| &r.config.meta),
+            _ => None,
+        }?;
+        meta.namespace.as_deref()
+    }
+
     /// Whether a ServerConfig of this name exists (stored or built in).
     pub fn config_exists(&self, name: &str) -> bool {
         self.configs.contains_key(name) || configs::builtin(name).is_some()

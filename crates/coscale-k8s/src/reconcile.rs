@@ -163,7 +163,7 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
         .await
         .map_err(Error::Control)?;
     if let Some(owner) = other_namespace(model_namespace(known.as_ref()), model) {
-        let msg = name_taken("Model", &name, owner);
+        let msg = coscale_api::rest::name_taken("Model", &name, owner);
         model_failed(api, model, "NameTaken", &msg).await?;
         return Ok(Action::requeue(ctx.resync));
     }
@@ -171,7 +171,8 @@ async fn apply_model(api: &Api<Model>, model: &Model, ctx: &Context) -> Result<A
         let src = spec::source("Model", &model.metadata);
         let body = spec::manifest("Model", &model.metadata, &model.spec.fields);
         if let Err(e) = ctx.control.apply(&manifest_request(src, &[body])).await {
-            model_failed(api, model, "ApplyFailed", &format!("{e:#}")).await?;
+            let (reason, msg) = apply_failure(&e);
+            model_failed(api, model, reason, &msg).await?;
             return Ok(Action::requeue(ctx.resync));
         }
         info!(model = %name, ?generation, "applied to the control plane");
@@ -206,12 +207,14 @@ fn other_namespace<'a>(owner: Option<&'a str>, obj: &impl kube::Resource) -> Opt
     owner.filter(|owner| *owner != ours)
 }
 
-/// The `NameTaken` message of a Model or Server named like one namespace `owner` defined.
-fn name_taken(kind: &str, name: &str, owner: &str) -> String {
-    let names = kind.to_lowercase();
-    format!(
-        "a {kind} named {name} already exists in namespace {owner}; coscale's {names} names are cluster-wide, so this one is not applied (rename it, or delete the other)"
-    )
+/// The status reason and message of an apply the control plane refused: `NameTaken` with its
+/// words when another namespace took a name between this pass's check and its apply (the
+/// control plane checks again under its lock: 409 Conflict), else `ApplyFailed`.
+fn apply_failure(e: &anyhow::Error) -> (&'static str, String) {
+    match e.downcast_ref::<coscale_client::ApiFailure>() {
+        Some(f) if f.status == 409 && !f.details.is_empty() => ("NameTaken", f.details.join("; ")),
+        _ => ("ApplyFailed", format!("{e:#}")),
+    }
 }
 
 /// The namespace of the control plane's model, if a manifest with one defined it.
@@ -353,7 +356,7 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
     let path = format!("/api/v1/servers/{name}");
     let known: Option<Value> = ctx.control.find_json(&path).await.map_err(Error::Control)?;
     if let Some(owner) = other_namespace(server_namespace(known.as_ref()), server) {
-        let msg = name_taken("Server", &name, owner);
+        let msg = coscale_api::rest::name_taken("Server", &name, owner);
         server_failed(api, server, "NameTaken", &msg).await?;
         return Ok(Action::requeue(ctx.resync));
     }
@@ -380,7 +383,8 @@ async fn apply_server(api: &Api<Server>, server: &Server, ctx: &Context) -> Resu
         spec::manifest("Server", &server.metadata, &server.spec.fields),
     ];
     if let Err(e) = ctx.control.apply(&manifest_request(src, &objects)).await {
-        server_failed(api, server, "ApplyFailed", &format!("{e:#}")).await?;
+        let (reason, msg) = apply_failure(&e);
+        server_failed(api, server, reason, &msg).await?;
         return Ok(Action::requeue(ctx.resync));
     }
     let uid = server.meta().uid.clone().unwrap_or_default();

@@ -80,6 +80,11 @@ async fn fake_control_plane(server: Value) -> coscale_client::Client {
             "/api/v1/servers/{name}",
             get(move || async move { axum::Json(server) }),
         );
+    serve_fake(app).await
+}
+
+/// Serves a fake control plane's `app` on 127.0.0.1; a client of it.
+async fn serve_fake(app: axum::Router) -> coscale_client::Client {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -763,11 +768,8 @@ fn assert_refused(result: &Result<Action, Error>, status_patch: &Value, reason: 
     message
 }
 
-/// Model names are cluster-wide in coscale: a Model named like one another namespace already
-/// defined is refused in its status, never applied over the other, and deleting it removes
-/// only its own finalizer.
-#[tokio::test]
-async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves_that_one() {
+/// A real control plane holding a Model `iris` that namespace team-a's manifest defined.
+async fn control_plane_where_team_a_has_iris() -> ControlPlane {
     let cp = control_plane().await;
     cp.apply(
         json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "Model",
@@ -775,6 +777,21 @@ async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves
         "spec": {"storageUri": "gs://team-a/iris"}}),
     )
     .await;
+    cp
+}
+
+async fn assert_team_a_keeps_iris(cp: &ControlPlane) {
+    let kept = cp.client.model("iris").await.unwrap();
+    assert_eq!(kept.namespace.as_deref(), Some("team-a"));
+    assert_eq!(kept.storage_uri, "gs://team-a/iris");
+}
+
+/// Model names are cluster-wide in coscale: a Model named like one another namespace already
+/// defined is refused in its status, never applied over the other, and deleting it removes
+/// only its own finalizer.
+#[tokio::test]
+async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves_that_one() {
+    let cp = control_plane_where_team_a_has_iris().await;
     let model = model_cr(json!({"finalizers": [FINALIZER]}));
     let script = status_only(&model);
     let (ctx, handle) = context(cp.client.clone());
@@ -786,9 +803,7 @@ async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves
         c["message"].as_str().unwrap().contains("namespace team-a"),
         "{c}"
     );
-    let kept = cp.client.model("iris").await.unwrap();
-    assert_eq!(kept.namespace.as_deref(), Some("team-a"));
-    assert_eq!(kept.storage_uri, "gs://team-a/iris");
+    assert_team_a_keeps_iris(&cp).await;
 
     let deleted =
         model_cr(json!({"finalizers": [FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}));
@@ -802,6 +817,66 @@ async fn a_model_name_another_namespace_holds_is_refused_and_its_deletion_leaves
         Some("team-a".to_owned()),
         "the other namespace's model is left alone"
     );
+}
+
+/// A control plane as a pass of the operator sees it when another namespace takes a Model's
+/// name between the pass's read and its apply: `GET /api/v1/models/NAME` answers 404 (the
+/// read came first), and applies go to the real control plane behind `real`, whose answer,
+/// success or refusal, is passed back as it came.
+async fn control_plane_read_too_early(real: coscale_client::Client) -> coscale_client::Client {
+    use axum::http::StatusCode;
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/models/{name}",
+            get(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(json!({"error": "not found"})),
+                )
+            }),
+        )
+        .route(
+            "/api/v1/apply",
+            post(move |axum::Json(req): axum::Json<ManifestRequest>| {
+                let real = real.clone();
+                async move {
+                    match real.apply(&req).await {
+                        Ok(applied) => (StatusCode::OK, axum::Json(json!(applied))),
+                        Err(e) => {
+                            let f = e.downcast_ref::<coscale_client::ApiFailure>().unwrap();
+                            let body = json!({"error": f.error, "details": f.details});
+                            (StatusCode::from_u16(f.status).unwrap(), axum::Json(body))
+                        }
+                    }
+                }
+            }),
+        );
+    serve_fake(app).await
+}
+
+/// The operator's read of a name and its apply are two calls: when another namespace takes the
+/// name in between, the control plane refuses the apply (it checks again under its lock) and
+/// the Model's status says `NameTaken` with the control plane's words, as when the read saw it;
+/// the other namespace's Model is not overwritten.
+#[tokio::test]
+async fn a_model_name_taken_between_the_read_and_the_apply_is_refused_too() {
+    let cp = control_plane_where_team_a_has_iris().await;
+    let model = model_cr(json!({"finalizers": [FINALIZER]}));
+    let script = status_only(&model);
+    let (ctx, handle) = context(control_plane_read_too_early(cp.client.clone()).await);
+    let (result, bodies) = run(handle, script, reconcile_model(Arc::new(model), ctx)).await;
+    assert!(
+        matches!(&result, Ok(a) if *a == Action::requeue(Duration::from_secs(5))),
+        "{result:?}"
+    );
+    let c = &bodies[0]["status"]["conditions"][0];
+    assert_eq!(c["reason"], "NameTaken", "{c}");
+    assert_eq!(
+        c["message"],
+        coscale_api::rest::name_taken("Model", "iris", "team-a")
+    );
+    assert_team_a_keeps_iris(&cp).await;
 }
 
 /// Server names are cluster-wide in coscale too: a Server named like one another namespace
