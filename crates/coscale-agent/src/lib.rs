@@ -247,7 +247,7 @@ pub async fn run(
         // to a local replica are cheaper over it than over TCP on loopback.
         let both = rest.clone().route_service(
             "/inference.GRPCInferenceService/{*method}",
-            dataplane::grpc_service(dp.clone(), config.body_limit),
+            coscale_runtime::grpc_app(dataplane::grpc_service(dp.clone(), config.body_limit)),
         );
         tokio::spawn(async move {
             coscale_runtime::serve_http(unix, both, stopped(rx)).await;

@@ -13,7 +13,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use axum::response::Response;
 use axum::serve::{Listener, ListenerExt};
 use axum::Router;
 use coscale_api::pb::inference::grpc_inference_service_server::{
@@ -39,10 +41,47 @@ pub fn nodelay(listener: TcpListener) -> impl Listener<Io = TcpStream, Addr = So
     })
 }
 
-/// The V2 gRPC `service` alone as an axum `Router`, for [`serve_http`]: a call to any other
-/// service or method answers `UNIMPLEMENTED`, as tonic's own server does.
+/// The V2 gRPC `service` alone as an axum `Router`, for [`serve_http`], with what tonic's own
+/// server adds to a service: a call to any other service or method answers `UNIMPLEMENTED`,
+/// and a call still unanswered when its `grpc-timeout` has passed is dropped (its handler
+/// cancelled) and answered `DEADLINE_EXCEEDED`.
 pub fn grpc_app<T: GrpcInferenceService>(service: GrpcInferenceServiceServer<T>) -> Router {
-    tonic::service::Routes::new(service).into_axum_router()
+    tonic::service::Routes::new(service)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(deadline))
+}
+
+async fn deadline(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(timeout) = grpc_timeout(request.headers()) else {
+        return next.run(request).await;
+    };
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(answer) => answer,
+        Err(_) => tonic::Status::deadline_exceeded(format!(
+            "the call's deadline (grpc-timeout {timeout:?}) passed before it was answered"
+        ))
+        .into_http(),
+    }
+}
+
+/// The `grpc-timeout` of a call: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`),
+/// as gRPC over HTTP/2 defines it. `None` when absent or malformed (ignored, as tonic does).
+fn grpc_timeout(headers: &axum::http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let digits = value.get(..value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match value.get(digits.len()..)? {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets every
@@ -87,5 +126,46 @@ where
     }
     if let Err(err) = conn.await {
         tracing::trace!(%err, "HTTP connection ended with an error while closing");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn timeout_of(value: &str) -> Option<Duration> {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit_and_malformed_ones_ignored() {
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout_of("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(timeout_of("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(timeout_of("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(
+            timeout_of("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in [
+            "",
+            "S",
+            "m",
+            "10",
+            "10s",
+            "10 S",
+            "-1S",
+            "+1S",
+            "123456789S",
+            "1.5S",
+            "1é",
+        ] {
+            assert_eq!(timeout_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&axum::http::HeaderMap::new()), None);
     }
 }

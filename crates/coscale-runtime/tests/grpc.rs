@@ -248,37 +248,93 @@ async fn repository_rpcs_load_list_and_unload_models() {
     );
 }
 
+type AnyBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// `message` length-prefixed, as a gRPC request body carries it.
+fn framed(message: &[u8]) -> bytes::Bytes {
+    let mut framed = vec![0];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(message);
+    framed.into()
+}
+
+/// Calls `path` on the server at `addr` over a new HTTP/2 connection with `body` and the extra
+/// `headers`, as a gRPC client would but without a client's own deadline handling; returns
+/// the call's `grpc-status` (from the head of a trailers-only answer, else the trailers).
+async fn raw_call(addr: SocketAddr, path: &str, body: AnyBody, headers: &[(&str, &str)]) -> String {
+    use http_body_util::BodyExt;
+    let mut send = http2_connection::<AnyBody>(&addr.to_string()).await;
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = send
+        .send_request(request.body(body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), http::StatusCode::OK, "{path}");
+    let head = answer.headers().clone();
+    let trailers = answer
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned();
+    let status = head
+        .get("grpc-status")
+        .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+        .unwrap_or_else(|| panic!("{path}: no grpc-status in {head:?} / {trailers:?}"));
+    status.to_str().unwrap().to_owned()
+}
+
+fn whole(message: &[u8]) -> AnyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(framed(message)).boxed()
+}
+
 /// A call to a service or method the runtime does not serve answers gRPC status UNIMPLEMENTED
 /// (12), as tonic's own server does, rather than an HTTP error.
 #[tokio::test]
 async fn a_call_to_another_service_or_method_is_unimplemented() {
-    use http_body_util::{BodyExt, Full};
     let addr = serve().await;
-    let mut send = http2_connection(&addr.to_string()).await;
     for path in [
         "/grpc.health.v1.Health/Check",
         "/inference.GRPCInferenceService/NoSuchMethod",
     ] {
-        let empty_message = bytes::Bytes::from_static(&[0, 0, 0, 0, 0]);
-        let request = http::Request::post(format!("http://{addr}{path}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Full::new(empty_message))
-            .unwrap();
-        let answer = send.send_request(request).await.unwrap();
-        assert_eq!(answer.status(), http::StatusCode::OK, "{path}");
-        let headers = answer.headers().clone();
-        let trailers = answer
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .trailers()
-            .cloned();
-        let status = headers
-            .get("grpc-status")
-            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
-            .unwrap_or_else(|| panic!("{path}: no grpc-status in {headers:?} / {trailers:?}"));
-        assert_eq!(status, "12", "{path}");
+        assert_eq!(raw_call(addr, path, whole(&[]), &[]).await, "12", "{path}");
     }
+}
+
+/// A call still waiting when its `grpc-timeout` passes (here for the rest of its request body,
+/// which never comes) is answered DEADLINE_EXCEEDED (4) by the server, as tonic's own server
+/// does; the same call sent whole within its deadline is answered. (As with tonic's server, an
+/// inference already running on its worker is not interrupted.)
+#[tokio::test]
+async fn a_call_past_its_grpc_timeout_is_deadline_exceeded() {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let addr = serve().await;
+    let message = iris_request(&ROWS)
+        .to_proto("iris", None, true)
+        .encode_to_vec();
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+
+    let (more, rest) = tokio::sync::mpsc::channel(1);
+    let whole_message = framed(&message);
+    let half = whole_message.slice(..whole_message.len() / 2);
+    more.send(Ok(hyper::body::Frame::data(half))).await.unwrap();
+    let stalled =
+        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rest));
+    let late = raw_call(addr, infer, stalled.boxed(), &[("grpc-timeout", "50m")]);
+    let late = tokio::time::timeout(std::time::Duration::from_secs(30), late)
+        .await
+        .expect("the server answered the stalled call");
+    assert_eq!(late, "4", "DEADLINE_EXCEEDED");
+    drop(more);
+
+    let in_time = raw_call(addr, infer, whole(&message), &[("grpc-timeout", "10S")]).await;
+    assert_eq!(in_time, "0");
 }

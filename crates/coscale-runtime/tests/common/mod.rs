@@ -39,9 +39,12 @@ pub fn iris_request(rows: &[[f32; 4]]) -> InferRequest {
 
 /// An HTTP/2 connection (prior knowledge, as gRPC clients and h2c-speaking proxies use) to the
 /// server at `addr` (`host:port`), driven by a task of its own.
-pub async fn http2_connection(
-    addr: &str,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+pub async fn http2_connection<B>(addr: &str) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
