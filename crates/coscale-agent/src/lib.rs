@@ -245,9 +245,12 @@ pub async fn run(
         let rx = stop_rx.clone();
         // REST, and gRPC (HTTP/2 with prior knowledge) on the same socket: the router's calls
         // to a local replica are cheaper over it than over TCP on loopback.
+        // (`into_service`: axum refuses a `Router` as a route's service.)
+        let grpc =
+            coscale_runtime::grpc_app(dataplane::grpc_service(dp.clone(), config.body_limit));
         let both = rest.clone().route_service(
             "/inference.GRPCInferenceService/{*method}",
-            coscale_runtime::grpc_app(dataplane::grpc_service(dp.clone(), config.body_limit)),
+            grpc.into_service(),
         );
         tokio::spawn(async move {
             coscale_runtime::serve_http(unix, both, stopped(rx)).await;
