@@ -105,11 +105,14 @@ async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_ro
         text.contains("coscale_server_ready_replicas{server=\"onnx\"} 2"),
         "{text}"
     );
-    let replica0 = up.server("onnx").await.unwrap().replicas[0]
-        .http
-        .clone()
+    let replica0 = up.server("onnx").await.unwrap().replicas[0].clone();
+    // The replica's own gRPC port (TCP), as a router on another machine reaches it.
+    let mut direct = V2Client::grpc(&format!("http://{}", replica0.grpc.unwrap()))
+        .await
         .unwrap();
-    let agent = reqwest::get(format!("http://{replica0}/metrics"))
+    let d = direct.infer("iris", &req, &body).await.unwrap();
+    assert_eq!(labels(&d), vec![0, 2], "iris over the replica's gRPC port");
+    let agent = reqwest::get(format!("http://{}/metrics", replica0.http.unwrap()))
         .await
         .unwrap()
         .text()
@@ -117,6 +120,10 @@ async fn three_models_on_a_two_replica_server_serve_rest_and_grpc_through_the_ro
         .unwrap();
     assert!(
         agent.contains("seldon_model_infer_total{server=\"onnx\",server_replica=\"0\",model=\"iris\",model_internal=\"iris_1\",method_type=\"rest\",code=\"200\"}"),
+        "{agent}"
+    );
+    assert!(
+        agent.contains("seldon_model_infer_total{server=\"onnx\",server_replica=\"0\",model=\"iris\",model_internal=\"iris_1\",method_type=\"grpc\",code=\"OK\"}"),
         "{agent}"
     );
     assert!(agent.contains("seldon_loaded_model_gauge"), "{agent}");
