@@ -220,7 +220,7 @@ pub async fn run(
         ready: ready.clone(),
     };
     let http = TcpListener::bind(config.http_addr).await?;
-    let grpc = TcpListener::bind(config.grpc_addr).await?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr).await?;
     // Bound before anything is spawned, so that a bad path fails the start cleanly.
     let unix = match &config.data_socket {
         Some(path) => Some((bind_data_socket(path)?, path.clone())),
@@ -228,7 +228,7 @@ pub async fn run(
     };
     let host = config.advertise_host.as_deref();
     let http_addr = advertised(http.local_addr()?, host, "the REST data plane").await?;
-    let grpc_addr = advertised(grpc.local_addr()?, host, "the gRPC data plane").await?;
+    let grpc_addr = advertised(grpc_listener.local_addr()?, host, "the gRPC data plane").await?;
     info!(%http_addr, %grpc_addr, server = %config.server, replica = config.replica, "agent listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -236,6 +236,7 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let rest = dataplane::rest_app(dp.clone(), config.body_limit);
+    let grpc = coscale_runtime::grpc_app(dataplane::grpc_service(dp.clone(), config.body_limit));
     let http_task = tokio::spawn({
         let rx = stop_rx.clone();
         let rest = rest.clone();
@@ -246,11 +247,9 @@ pub async fn run(
         // REST, and gRPC (HTTP/2 with prior knowledge) on the same socket: the router's calls
         // to a local replica are cheaper over it than over TCP on loopback.
         // (`into_service`: axum refuses a `Router` as a route's service.)
-        let grpc =
-            coscale_runtime::grpc_app(dataplane::grpc_service(dp.clone(), config.body_limit));
         let both = rest.clone().route_service(
             "/inference.GRPCInferenceService/{*method}",
-            grpc.into_service(),
+            grpc.clone().into_service(),
         );
         tokio::spawn(async move {
             coscale_runtime::serve_http(unix, both, stopped(rx)).await;
@@ -259,9 +258,7 @@ pub async fn run(
     });
     let grpc_task = tokio::spawn({
         let rx = stop_rx.clone();
-        let grpc_app =
-            coscale_runtime::grpc_app(dataplane::grpc_service(dp.clone(), config.body_limit));
-        coscale_runtime::serve_http(coscale_runtime::nodelay(grpc), grpc_app, stopped(rx))
+        coscale_runtime::serve_http(coscale_runtime::nodelay(grpc_listener), grpc, stopped(rx))
     });
 
     let (leaving_tx, leaving_rx) = watch::channel(false);

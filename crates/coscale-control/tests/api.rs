@@ -16,12 +16,7 @@ const TOKEN: &str = "test-token";
 #[tokio::test]
 async fn an_applied_server_config_is_read_back_with_its_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let cp =
-        ControlPlane::open(ControlConfig::new(dir.path().to_owned(), TOKEN.to_owned())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", listener.local_addr().unwrap());
-    let app = coscale_control::api::router(cp);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let api = serve_api(dir.path()).await;
     let http = reqwest::Client::new();
 
     let manifest = json!({"apiVersion": "mlops.seldon.io/v1alpha1", "kind": "ServerConfig",
@@ -111,15 +106,20 @@ async fn an_applied_server_config_is_read_back_with_its_namespace() {
     assert_eq!(get("mlserver", None).await.unwrap().status(), 401);
 }
 
-/// A control plane's API on 127.0.0.1 and a client of it (the one the CLI and the operator use).
-async fn serve_api(dir: &std::path::Path) -> coscale_client::Client {
+/// A control plane's API on 127.0.0.1, its data in `dir`; its URL.
+async fn serve_api(dir: &std::path::Path) -> String {
     let cp = ControlPlane::open(ControlConfig::new(dir.to_owned(), TOKEN.to_owned())).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
     let app = coscale_control::api::router(cp);
     tokio::spawn(async move { axum::serve(listener, app).await });
+    api
+}
+
+/// A client of the API at `api` (the one the CLI and the operator use).
+fn client_of(api: &str) -> coscale_client::Client {
     coscale_client::Client::from_parts(
-        coscale_client::api_endpoints(&api, None, None),
+        coscale_client::api_endpoints(api, None, None),
         TOKEN.to_owned(),
     )
 }
@@ -162,7 +162,7 @@ fn conflict(result: anyhow::Result<coscale_api::rest::ApplyResponse>) -> ApiFail
 #[tokio::test]
 async fn a_name_another_namespace_holds_is_refused_and_nothing_of_the_batch_changes() {
     let dir = tempfile::tempdir().unwrap();
-    let client = serve_api(dir.path()).await;
+    let client = client_of(&serve_api(dir.path()).await);
     client
         .apply(&manifest(&[model("m", "team-a", "gs://a/m")], false))
         .await
@@ -211,7 +211,7 @@ async fn a_name_another_namespace_holds_is_refused_and_nothing_of_the_batch_chan
 #[tokio::test]
 async fn of_namespaces_racing_for_a_new_name_exactly_one_gets_it() {
     let dir = tempfile::tempdir().unwrap();
-    let client = serve_api(dir.path()).await;
+    let client = client_of(&serve_api(dir.path()).await);
     let racers: Vec<_> = (0..8)
         .map(|i| {
             let client = client.clone();
