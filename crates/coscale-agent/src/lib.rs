@@ -244,8 +244,9 @@ pub async fn run(
     });
     let socket_task = unix.map(|(unix, path)| {
         let rx = stop_rx.clone();
-        // REST, and gRPC (HTTP/2 with prior knowledge) on the same socket: the router's calls
-        // to a local replica are cheaper over it than over TCP on loopback.
+        // REST, and gRPC (HTTP/1.1 from the router, HTTP/2 with prior knowledge from other
+        // clients) on the same socket: the router's calls to a local replica are cheaper over
+        // it than over TCP on loopback.
         // (`into_service`: axum refuses a `Router` as a route's service.)
         let both = rest.clone().route_service(
             "/inference.GRPCInferenceService/{*method}",

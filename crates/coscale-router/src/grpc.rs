@@ -1,12 +1,14 @@
 //! The V2 gRPC front end (`inference.GRPCInferenceService`), an HTTP/2 server of its own on the
 //! h2 crate, built like the REST one: one task per client connection does everything for that
 //! connection. It accepts the connection's calls, reads each request message, forwards it byte
-//! for byte to a replica over an HTTP/2 connection that this same task holds and drives
-//! ([`Links`]), and writes the replica's answer (head, message, trailers) back as it came. No
-//! other task is woken on the way; with tonic's server and client a call crossed five tasks and
-//! the router cost about twice nginx's `grpc_pass` per call (docs/benchmarks.md, "gRPC"). The
-//! task runs in a [`Repoll`], so that h2's wake-ups of the connection's own task (one per frame
-//! queued) are polls in place rather than trips through the scheduler.
+//! for byte to a replica, and writes the replica's answer (head, message, trailers) back as it
+//! came. A call goes to the replica's gRPC listener as an HTTP/1.1 request on a connection this
+//! same task holds ([`Upstreams`], the REST path's): the replica (`grpc_app` in the agent)
+//! answers with the message in a chunked body and the status in its trailers. One HTTP/2
+//! connection per call instead of two halves the h2 work that made the router's gRPC hop cost
+//! about twice its REST hop (docs/benchmarks.md, "gRPC"). No other task is woken on the way;
+//! the task runs in a [`Repoll`], so that h2's wake-ups of the connection's own task (one per
+//! frame queued) are polls in place rather than trips through the scheduler.
 //!
 //! Server health and metadata are answered locally; ModelReady, ModelMetadata and ModelInfer are
 //! forwarded with `seldon-model` / `seldon-internal-model` metadata set, routed by the
@@ -14,39 +16,27 @@
 //! the message's model name. That name is field 1 of all three request messages and is the only
 //! field read. Repository RPCs are refused: models are managed through the control plane.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use coscale_api::pb::inference::{ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse};
 use coscale_net::Repoll;
 use futures::stream::{FuturesUnordered, StreamExt};
-use h2::client::SendRequest;
 use h2::server::SendResponse;
 use h2::RecvStream;
 use http::header::CONTENT_TYPE;
-use http::uri::Scheme;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::Code;
 
 use crate::error::{Failure, RouteError};
-use crate::handle::{lock, RouterHandle};
+use crate::h1;
+use crate::handle::RouterHandle;
 use crate::metrics::GRPC;
 use crate::name::validate_model_name;
-use crate::pool::Pooled;
 use crate::rest::accept_loop;
-use crate::state::Picked;
-use crate::upstream::{connect_failed, Stream};
+use crate::state::{Picked, Replica};
+use crate::upstream::{self, attempt, Outgoing, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const SERVICE: &str = "/inference.GRPCInferenceService/";
@@ -75,121 +65,6 @@ pub(crate) async fn serve_grpc(
     .await;
 }
 
-/// Identifies a [`Link`] (unique in the process: links move between client connections).
-static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
-
-/// An HTTP/2 connection to a replica's gRPC listener: the handle calls are sent on, and the
-/// future that drives the connection, which whichever client connection holds the link polls
-/// with its own task. When that client connection ends, the link goes to the shared idle pool
-/// ([`RouterHandle::links`]) for the next one.
-pub(crate) struct Link {
-    send: SendRequest<Bytes>,
-    drive: Drive,
-}
-
-impl std::fmt::Debug for Link {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Link")
-            .field("replica", &self.drive.addr)
-            .field("id", &self.drive.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Pooled for Link {
-    fn replica(&self) -> SocketAddr {
-        self.drive.addr
-    }
-}
-
-/// Drives a [`Link`]'s connection; resolves, with the link's address and id, when it has ended.
-struct Drive {
-    addr: SocketAddr,
-    id: u64,
-    conn: Pin<Box<h2::client::Connection<Stream, Bytes>>>,
-}
-
-impl Future for Drive {
-    type Output = (SocketAddr, u64);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let ended = ready!(self.conn.as_mut().poll(cx));
-        if let Err(err) = ended {
-            tracing::debug!(addr = %self.addr, %err, "gRPC connection to a replica ended");
-        }
-        Poll::Ready((self.addr, self.id))
-    }
-}
-
-/// The links one client connection holds, by gRPC address. Their drivers are handed to the
-/// client connection's task ([`connection`]), which polls them with its own, so a call's request
-/// and answer move without waking any other task.
-struct Links {
-    held: Mutex<HashMap<SocketAddr, (u64, SendRequest<Bytes>)>>,
-    drivers: mpsc::UnboundedSender<Drive>,
-    connect_timeout: Duration,
-}
-
-impl Links {
-    fn held(&self, addr: SocketAddr) -> Option<SendRequest<Bytes>> {
-        lock(&self.held).get(&addr).map(|(_, s)| s.clone())
-    }
-
-    /// Holds `link` (in place of any older link to its replica) and returns its handle.
-    fn hold(&self, link: Link) -> Option<SendRequest<Bytes>> {
-        let Link { send, drive } = link;
-        lock(&self.held).insert(drive.addr, (drive.id, send.clone()));
-        self.drivers.send(drive).ok()?;
-        Some(send)
-    }
-
-    /// Opens a connection to the replica at `addr` — over its Unix `socket` when it has one —,
-    /// holds it and returns its handle.
-    async fn open(
-        &self,
-        addr: SocketAddr,
-        socket: Option<&Path>,
-    ) -> Result<SendRequest<Bytes>, String> {
-        let stream = Stream::connect(addr, socket, self.connect_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(WINDOW)
-            .initial_connection_window_size(WINDOW)
-            .max_header_list_size(MAX_HEADER_LIST)
-            .handshake::<_, Bytes>(stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        let drive = Drive {
-            addr,
-            id: NEXT_LINK.fetch_add(1, Ordering::Relaxed),
-            conn: Box::pin(conn),
-        };
-        self.hold(Link { send, drive })
-            .ok_or_else(|| "the client connection is closing".to_owned())
-    }
-
-    /// Forgets the link `id` to `addr` once it has ended (unless a newer one replaced it).
-    fn ended(&self, addr: SocketAddr, id: u64) {
-        let mut held = lock(&self.held);
-        if held.get(&addr).is_some_and(|(held_id, _)| *held_id == id) {
-            held.remove(&addr);
-        }
-    }
-
-    /// The held links whose drivers are among `drivers`, for the idle pool.
-    fn into_links(self, drivers: impl IntoIterator<Item = Drive>) -> Vec<Link> {
-        let mut held = lock(&self.held);
-        drivers
-            .into_iter()
-            .filter_map(|drive| match held.remove(&drive.addr) {
-                Some((id, send)) if id == drive.id => Some(Link { send, drive }),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
 async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let config = handle.config();
@@ -203,19 +78,15 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
         Ok(Ok(conn)) => conn,
         _ => return,
     };
-    let (drivers_tx, mut new_drivers) = mpsc::unbounded_channel();
-    let links = Links {
-        held: Mutex::new(HashMap::new()),
-        drivers: drivers_tx,
-        connect_timeout: config.connect_timeout,
-    };
+    let upstreams = Upstreams::default();
     let mut calls = FuturesUnordered::new();
-    let mut drivers = FuturesUnordered::new();
     let mut stopping = false;
     loop {
         tokio::select! {
             accepted = conn.accept() => match accepted {
-                Some(Ok((request, respond))) => calls.push(call(&handle, &links, request, respond)),
+                Some(Ok((request, respond))) => {
+                    calls.push(call(&handle, &upstreams, request, respond));
+                }
                 Some(Err(err)) => {
                     tracing::debug!(%err, "gRPC client connection failed");
                     break;
@@ -224,8 +95,6 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
                 None => break,
             },
             Some(()) = calls.next(), if !calls.is_empty() => {}
-            Some((addr, id)) = drivers.next(), if !drivers.is_empty() => links.ended(addr, id),
-            Some(driver) = new_drivers.recv() => drivers.push(driver),
             _ = stopped.wait_for(|stop| *stop), if !stopping => {
                 // GOAWAY: no new calls; `accept` ends once the calls in flight are answered.
                 stopping = true;
@@ -233,15 +102,10 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
             }
         }
     }
-    // The client is gone: its calls end here, its links go to the next client connection
-    // (unless the router is stopping).
+    // The client is gone: its calls end here, its replica connections go to the next client
+    // connection.
     drop(calls);
-    if !stopping {
-        while let Ok(drive) = new_drivers.try_recv() {
-            drivers.push(drive);
-        }
-        handle.links().put(links.into_links(drivers));
-    }
+    handle.pool().put(upstreams.into_inner());
 }
 
 /// One call: read, answer, write the answer back; counted in the metrics when it names a model.
@@ -249,14 +113,14 @@ async fn connection(handle: RouterHandle, stream: TcpStream, mut stopped: watch:
 /// cancels the replica's call too and frees the replica's slot.
 async fn call(
     handle: &RouterHandle,
-    links: &Links,
+    upstreams: &Upstreams,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
     let answer = {
         let cancelled = std::future::poll_fn(|cx| respond.poll_reset(cx));
         tokio::select! {
-            answer = answer(handle, links, request) => answer,
+            answer = answer(handle, upstreams, request) => answer,
             reason = cancelled => {
                 tracing::debug!(?reason, "the client cancelled a gRPC call");
                 return;
@@ -353,7 +217,11 @@ fn grpc_head() -> Response<()> {
     head
 }
 
-async fn answer(handle: &RouterHandle, links: &Links, request: Request<RecvStream>) -> Answer {
+async fn answer(
+    handle: &RouterHandle,
+    upstreams: &Upstreams,
+    request: Request<RecvStream>,
+) -> Answer {
     let (parts, mut body) = request.into_parts();
     let Some(method) = parts.uri.path().strip_prefix(SERVICE) else {
         let message = format!("unknown service in {}", parts.uri.path());
@@ -381,7 +249,7 @@ async fn answer(handle: &RouterHandle, links: &Links, request: Request<RecvStrea
         ),
         "ModelInfer" | "ModelReady" | "ModelMetadata" => {
             let timer = handle.metrics().start(GRPC);
-            let (label, answer) = match forward(handle, links, &parts, &mut body).await {
+            let (label, answer) = match forward(handle, upstreams, &parts, &mut body).await {
                 Ok((upstream, picked)) => {
                     let model = picked.replica().model.clone();
                     let upstream = Box::new(upstream);
@@ -437,7 +305,7 @@ impl From<RouteError> for Named {
 /// the first gave no answer or only part of one.
 async fn forward(
     handle: &RouterHandle,
-    links: &Links,
+    upstreams: &Upstreams,
     parts: &http::request::Parts,
     body: &mut RecvStream,
 ) -> Result<(Upstream, Picked), Named> {
@@ -459,7 +327,7 @@ async fn forward(
         err => Named::Known(model.clone(), err),
     })?;
     let known = |err: RouteError| Named::Known(model.clone(), err);
-    let failure = match attempt(handle, links, parts, &framed, &first).await {
+    let failure = match send(handle, upstreams, parts, &framed, &first).await {
         Ok(upstream) => return Ok((upstream, first)),
         Err(failure) => failure,
     };
@@ -475,7 +343,7 @@ async fn forward(
     };
     handle.metrics().retried();
     tracing::debug!(error = %failed, retry_on = %second.replica().label(), "retrying on another replica");
-    match attempt(handle, links, parts, &framed, &second).await {
+    match send(handle, upstreams, parts, &framed, &second).await {
         Ok(upstream) => Ok((upstream, second)),
         Err(failure) => Err(known(failure.error(handle, second.replica()))),
     }
@@ -623,87 +491,99 @@ impl Upstream {
     }
 }
 
-/// One call to one replica within the request timeout: on the held link to it, else on an idle
-/// one from the pool (again on a new connection if that one turns out to have been closed
-/// meanwhile), else on a new connection.
-async fn attempt(
+/// Sends the call to the `picked` replica's gRPC listener over HTTP/1.1 and reads its answer.
+async fn send(
     handle: &RouterHandle,
-    links: &Links,
+    upstreams: &Upstreams,
     parts: &http::request::Parts,
-    framed: &Bytes,
+    framed: &[u8],
     picked: &Picked,
 ) -> Result<Upstream, Failure> {
-    let config = handle.config();
     let replica = picked.replica();
-    let addr = replica.endpoint.grpc;
-    let request = || {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(replica.grpc_authority.clone());
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        let uri = Uri::from_parts(uri)
-            .map_err(|e| Failure::NoAnswer(format!("bad URI for replica {addr}: {e}")))?;
-        let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_2;
-        let headers = request.headers_mut();
-        headers.clone_from(&parts.headers);
-        headers.insert(SELDON_MODEL, replica.model_header.clone());
-        headers.insert(SELDON_INTERNAL_MODEL, replica.internal_header.clone());
-        Ok(request)
+    let outgoing = Outgoing {
+        request: upstream_call(parts, replica, framed),
+        head_request: false,
+        limit: handle.config().grpc_max_message_bytes + PREFIX,
     };
-    let limit = config.grpc_max_message_bytes;
-    let run = async {
-        let kept = links
-            .held(addr)
-            .or_else(|| links.hold(handle.links().take(addr)?));
-        if let Some(send) = kept {
-            match exchange(send, request()?, framed.clone(), limit).await {
-                Ok(upstream) => return Ok(upstream),
-                // A kept connection the replica closed meanwhile: not the replica's failure.
-                Err(Failure::NoAnswer(_)) => {}
-                Err(failure) => return Err(failure),
-            }
-        }
-        let socket = replica.endpoint.data_socket.as_deref();
-        let send = links
-            .open(addr, socket)
-            .await
-            .map_err(|e| connect_failed(addr, socket, e))?;
-        exchange(send, request()?, framed.clone(), limit).await
-    };
-    match tokio::time::timeout(config.request_timeout, run).await {
-        Ok(result) => result,
-        Err(_) => Err(Failure::TimedOut),
-    }
+    let socket = replica.endpoint.data_socket.as_deref();
+    let answer = attempt(handle, upstreams, replica.endpoint.grpc, socket, &outgoing).await?;
+    replied(answer)
 }
 
-/// Sends one call on `send` and reads the whole answer: no answer head is [`Failure::NoAnswer`],
-/// an answer that breaks off [`Failure::CutOff`] (both retried elsewhere), one that exceeds
-/// `limit` [`Failure::Broken`].
-async fn exchange(
-    send: SendRequest<Bytes>,
-    request: Request<()>,
-    framed: Bytes,
-    limit: usize,
-) -> Result<Upstream, Failure> {
-    let no_answer = |e: h2::Error| Failure::NoAnswer(e.to_string());
-    let cut_off = |e: h2::Error| Failure::CutOff(e.to_string());
-    let mut send = send.ready().await.map_err(no_answer)?;
-    let (response, mut stream) = send.send_request(request, false).map_err(no_answer)?;
-    stream.send_data(framed, true).map_err(no_answer)?;
-    let (head, mut body) = response.await.map_err(no_answer)?.into_parts();
-    let message = collect(&mut body, limit).await.map_err(|err| match err {
-        Collected::TooLarge => Failure::Broken(format!(
-            "the answer exceeds the router's limit of {limit} bytes"
-        )),
-        Collected::Failed(e) => cut_off(e),
-    })?;
-    let trailers = body.trailers().await.map_err(cut_off)?;
+/// The call as the replica gets it, an HTTP/1.1 request: the same path and metadata (every
+/// field but HTTP/1.1's hop-by-hop ones), `host`, `seldon-model`, `seldon-internal-model` and
+/// `te: trailers` set, and the framed message as its body.
+fn upstream_call(parts: &http::request::Parts, replica: &Replica, framed: &[u8]) -> Vec<u8> {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut out = Vec::with_capacity(256 + target.len() + fields + framed.len());
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        let ours = name == SELDON_MODEL || name == SELDON_INTERNAL_MODEL;
+        if !ours && !h1::is_always_hop_by_hop(name.as_str().as_bytes()) {
+            h1::put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(replica.grpc_fields.as_bytes());
+    h1::put_content_length(&mut out, framed.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(framed);
+    out
+}
+
+/// The replica's HTTP/1.1 answer as an HTTP/2 one: its status, its fields but the hop-by-hop
+/// ones, its body, and its trailers. A field HTTP/2 cannot carry makes the answer
+/// [`Failure::Broken`].
+fn replied(answer: upstream::Answer) -> Result<Upstream, Failure> {
+    let broken = |what: String| Failure::Broken(format!("the replica's answer {what}"));
+    let status = StatusCode::from_u16(answer.head.status)
+        .map_err(|_| broken(format!("has status {}", answer.head.status)))?;
+    let field = |name: &[u8], value: &[u8]| match (
+        HeaderName::from_bytes(name),
+        HeaderValue::from_bytes(value.trim_ascii()),
+    ) {
+        (Ok(name), Ok(value)) => Ok((name, value)),
+        _ => Err(broken(format!(
+            "has a field HTTP/2 cannot carry: {:?}",
+            String::from_utf8_lossy(name)
+        ))),
+    };
+    let mut head = Response::new(());
+    *head.status_mut() = status;
+    for (name, value) in answer.head.fields.iter() {
+        if !h1::is_hop_by_hop(name, &answer.head.fields) {
+            let (name, value) = field(name, value)?;
+            head.headers_mut().append(name, value);
+        }
+    }
+    let mut trailers = None;
+    for line in &answer.trailers {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(broken(format!(
+                "has a malformed trailer field: {:?}",
+                String::from_utf8_lossy(line)
+            )));
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if !h1::is_always_hop_by_hop(name) {
+            let (name, value) = field(name, value)?;
+            trailers
+                .get_or_insert_with(HeaderMap::new)
+                .append(name, value);
+        }
+    }
     Ok(Upstream {
-        head,
-        message,
+        head: head.into_parts().0,
+        message: answer.body,
         trailers,
     })
 }
@@ -722,6 +602,108 @@ mod tests {
             ..Default::default()
         };
         frame(&request.encode_to_vec())
+    }
+
+    /// A pick of `model` on a replica with gRPC at 127.0.0.1:9001, version 2.
+    fn picked(model: &str) -> Picked {
+        let addr = "127.0.0.1:9001".parse().unwrap();
+        let endpoint = coscale_api::routing::Endpoint {
+            server: "s".into(),
+            replica: 0,
+            version: 2,
+            http: "127.0.0.1:9000".parse().unwrap(),
+            grpc: addr,
+            data_socket: None,
+        };
+        crate::state::RouterState::new(std::sync::Arc::new(coscale_api::routing::RoutingTable {
+            models: [(
+                model.to_owned(),
+                coscale_api::routing::ModelRoute {
+                    endpoints: vec![endpoint],
+                },
+            )]
+            .into(),
+        }))
+        .pick(model, None)
+        .unwrap()
+    }
+
+    #[test]
+    fn a_call_goes_out_as_an_http1_request_with_the_metadata_but_hop_by_hop_fields() {
+        let request = Request::post("http://router/inference.GRPCInferenceService/ModelInfer")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-request-id", "r-1")
+            .header("seldon-model", "spoofed")
+            .header("content-length", "999")
+            .body(())
+            .unwrap();
+        let (parts, ()) = request.into_parts();
+        let out = upstream_call(&parts, picked("iris").replica(), b"\0\0\0\0\x01z");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST /inference.GRPCInferenceService/ModelInfer HTTP/1.1\r\n\
+             content-type: application/grpc\r\nx-request-id: r-1\r\n\
+             host: 127.0.0.1:9001\r\nseldon-model: iris\r\nseldon-internal-model: iris_2\r\n\
+             te: trailers\r\ncontent-length: 6\r\n\r\n\0\0\0\0\x01z"
+        );
+    }
+
+    fn answer(head: &str, body: &'static [u8], trailers: &[&'static str]) -> upstream::Answer {
+        let mut raw = BytesMut::from(head);
+        upstream::Answer {
+            head: crate::h1::parse_response(&mut raw).unwrap().unwrap(),
+            body: Bytes::from_static(body),
+            trailers: trailers
+                .iter()
+                .map(|t| Bytes::from_static(t.as_bytes()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_http1_answer_becomes_the_http2_one_with_its_trailers() {
+        let whole = answer(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\
+             trailer: grpc-status, grpc-message\r\nx-echo: 1\r\n\r\n",
+            b"\0\0\0\0\0",
+            &["grpc-status: 13", "grpc-message:  boom ", "connection: x"],
+        );
+        let Ok(whole) = replied(whole) else {
+            panic!("a whole answer converts")
+        };
+        assert_eq!(whole.head.status, StatusCode::OK);
+        let names: Vec<_> = whole.head.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-echo"]);
+        assert_eq!(&whole.message[..], b"\0\0\0\0\0");
+        let trailers = whole.trailers.as_ref().unwrap();
+        assert_eq!(trailers.len(), 2);
+        assert_eq!(trailers.get("grpc-message").unwrap(), "boom");
+        assert_eq!(whole.code(), Code::Internal);
+
+        let trailers_only = answer(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 5\r\n\
+             content-length: 0\r\n\r\n",
+            b"",
+            &[],
+        );
+        let Ok(trailers_only) = replied(trailers_only) else {
+            panic!("a trailers-only answer converts")
+        };
+        assert!(trailers_only.trailers.is_none() && trailers_only.message.is_empty());
+        assert_eq!(trailers_only.code(), Code::NotFound);
+    }
+
+    #[test]
+    fn an_answer_http2_cannot_carry_is_broken() {
+        for bad in [
+            answer("HTTP/1.1 200 OK\r\n\r\n", b"", &["no colon"]),
+            answer("HTTP/1.1 200 OK\r\n\r\n", b"", &["bad name: 1"]),
+        ] {
+            assert!(
+                matches!(replied(bad), Err(Failure::Broken(ref m)) if m.contains("trailer") || m.contains("HTTP/2")),
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! HTTP/1.1 wire format for the router's REST front end (RFC 9112): request and response heads
-//! parsed with httparse into offsets over the received bytes (no copies), message framing
-//! (Content-Length, chunked, until close), the chunked decoder, the writers of heads, and
+//! HTTP/1.1 wire format (RFC 9112) for the router's REST front end and for its calls to
+//! replicas, REST requests and gRPC calls alike: request and response heads parsed with
+//! httparse into offsets over the received bytes (no copies), message framing (Content-Length,
+//! chunked, until close), the chunked decoder (which keeps trailers), the writers of heads, and
 //! [`read_body`], the one place that reads a framed body off a connection.
 //!
 //! The connection loops in `rest` (clients) and `upstream` (replicas) use it both ways.
@@ -311,6 +312,14 @@ fn content_length(fields: &Fields) -> Result<Option<u64>, &'static str> {
     Ok(length)
 }
 
+/// A body read whole, with the trailer fields of a chunked one.
+#[derive(Debug, Default)]
+pub(crate) struct Body {
+    pub(crate) data: Bytes,
+    /// Trailer field lines (`name: value`), as received.
+    pub(crate) trailers: Vec<Bytes>,
+}
+
 /// Reads a body framed by `framing` off `stream`, starting with what `buf` already holds, into
 /// memory: at most `limit` bytes. Bytes after the body stay in `buf`.
 pub(crate) async fn read_body<S: AsyncRead + Unpin>(
@@ -318,7 +327,11 @@ pub(crate) async fn read_body<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     framing: Framing,
     limit: usize,
-) -> Result<Bytes, BodyError> {
+) -> Result<Body, BodyError> {
+    let data = |data| Body {
+        data,
+        trailers: Vec::new(),
+    };
     match framing {
         Framing::Length(len) => {
             let len = usize::try_from(len)
@@ -329,7 +342,7 @@ pub(crate) async fn read_body<S: AsyncRead + Unpin>(
             while buf.len() < len {
                 fill(stream, buf).await?;
             }
-            Ok(buf.split_to(len).freeze())
+            Ok(data(buf.split_to(len).freeze()))
         }
         Framing::Chunked => {
             let mut decoder = ChunkedDecoder::default();
@@ -337,14 +350,17 @@ pub(crate) async fn read_body<S: AsyncRead + Unpin>(
             while !decoder.decode(buf, &mut body, limit)? {
                 fill(stream, buf).await?;
             }
-            Ok(body.freeze())
+            Ok(Body {
+                data: body.freeze(),
+                trailers: decoder.trailers,
+            })
         }
         Framing::UntilClose => loop {
             if buf.len() > limit {
                 return Err(BodyError::TooLarge(limit));
             }
             match stream.read_buf(buf).await {
-                Ok(0) => return Ok(buf.split().freeze()),
+                Ok(0) => return Ok(data(buf.split().freeze())),
                 Ok(_) => {}
                 Err(err) => return Err(BodyError::Io(err.to_string())),
             }
@@ -361,10 +377,12 @@ async fn fill<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Resul
     }
 }
 
-/// Decodes a chunked body incrementally: feed it the bytes received so far.
+/// Decodes a chunked body incrementally: feed it the bytes received so far. Keeps the trailer
+/// fields (at most [`MAX_HEADERS`]).
 #[derive(Debug, Default)]
 pub(crate) struct ChunkedDecoder {
     state: ChunkState,
+    trailers: Vec<Bytes>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -436,6 +454,10 @@ impl ChunkedDecoder {
                     };
                     if line.is_empty() {
                         self.state = ChunkState::Done;
+                    } else if self.trailers.len() == MAX_HEADERS {
+                        return Err(BodyError::Malformed("too many trailer fields"));
+                    } else {
+                        self.trailers.push(line);
                     }
                 }
                 ChunkState::Done => return Ok(true),
@@ -488,10 +510,14 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Whether `name` is hop-by-hop in a message whose Connection field lists more such names.
 pub(crate) fn is_hop_by_hop(name: &[u8], fields: &Fields) -> bool {
+    is_always_hop_by_hop(name) || fields.has_token("connection", ascii(name))
+}
+
+/// Whether `name` is hop-by-hop in any message (or a framing field the router sets itself).
+pub(crate) fn is_always_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-        || fields.has_token("connection", ascii(name))
 }
 
 /// Appends `name: value\r\n`.
@@ -676,6 +702,7 @@ mod tests {
         assert_eq!(decoder.decode(&mut input, &mut out, 100), Ok(true));
         assert_eq!(&out[..], b"Wikipedia");
         assert_eq!(&input[..], b"NEXT");
+        assert_eq!(decoder.trailers, [Bytes::from_static(b"X-T: 1")]);
     }
 
     #[test]
@@ -706,6 +733,11 @@ mod tests {
             decode(&"1".repeat(MAX_CHUNK_LINE + 1), 10),
             Err(BodyError::Malformed(_))
         ));
+        let many = format!("0\r\n{}\r\n", "t: 1\r\n".repeat(MAX_HEADERS + 1));
+        assert_eq!(
+            decode(&many, 10),
+            Err(BodyError::Malformed("too many trailer fields"))
+        );
     }
 
     #[test]

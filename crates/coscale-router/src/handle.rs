@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use crate::config::RouterConfig;
 use crate::error::RouteError;
-use crate::grpc::Link;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::state::{Picked, RouterState};
@@ -30,14 +29,12 @@ struct Inner {
     state: Mutex<RouterState>,
     metrics: Metrics,
     pool: Pool<Upstream>,
-    links: Pool<Link>,
 }
 
 impl RouterHandle {
     /// A router following the routing tables published on `table`.
     pub fn new(config: RouterConfig, table: watch::Receiver<Arc<RoutingTable>>) -> Self {
         let pool = Pool::new(config.pool_max_idle_per_host, config.pool_idle_timeout);
-        let links = Pool::new(config.pool_max_idle_per_host, config.pool_idle_timeout);
         let state = Mutex::new(RouterState::new(table.borrow().clone()));
         RouterHandle {
             inner: Arc::new(Inner {
@@ -46,7 +43,6 @@ impl RouterHandle {
                 state,
                 metrics: Metrics::default(),
                 pool,
-                links,
             }),
         }
     }
@@ -86,10 +82,6 @@ impl RouterHandle {
     }
 
     /// Idle HTTP/2 connections to replicas' gRPC listeners.
-    pub(crate) fn links(&self) -> &Pool<Link> {
-        &self.inner.links
-    }
-
     /// The state, switched to the newest published table first.
     fn state(&self) -> MutexGuard<'_, RouterState> {
         let newest = self.inner.table.borrow().clone();

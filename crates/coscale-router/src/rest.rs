@@ -23,9 +23,8 @@ use crate::h1::{self, BodyError, Framing, HeadError, RequestHead};
 use crate::handle::RouterHandle;
 use crate::metrics::REST;
 use crate::name::{decode_model_segment, validate_model_name};
-use crate::pool::Pool;
 use crate::state::{Picked, Replica};
-use crate::upstream::{connect_failed, exchange, Answer, ExchangeError, Upstream, Upstreams};
+use crate::upstream::{attempt, Answer, Outgoing, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const MODELS_PREFIX: &str = "/v2/models/";
@@ -353,7 +352,8 @@ impl Client {
         limit: usize,
     ) -> Option<Result<Bytes, BodyError>> {
         let read = h1::read_body(&mut self.stream, &mut self.buf, framing, limit);
-        tokio::time::timeout(self.timeout, read).await.ok()
+        let read = tokio::time::timeout(self.timeout, read).await.ok()?;
+        Some(read.map(|body| body.data))
     }
 
     /// Reads and drops the body of a request answered without it, so that the next request on
@@ -495,7 +495,7 @@ async fn forward(
         .pick(model, None)
         .map_err(|err| Early::Final(Reply::error(&err), After::KeepOpen))?;
     let head_request = head.is_head();
-    let failure = match attempt(handle, &mut client.upstreams, head, &body, &first).await {
+    let failure = match send(handle, &client.upstreams, head, &body, &first).await {
         Ok(answer) => return Ok((answer_reply(answer, head_request), first)),
         Err(failure) => failure,
     };
@@ -511,7 +511,7 @@ async fn forward(
     };
     handle.metrics().retried();
     tracing::debug!(error = %failed, retry_on = %second.replica().label(), "retrying on another replica");
-    match attempt(handle, &mut client.upstreams, head, &body, &second).await {
+    match send(handle, &client.upstreams, head, &body, &second).await {
         Ok(answer) => Ok((answer_reply(answer, head_request), second)),
         Err(failure) => {
             let err = failure.error(handle, second.replica());
@@ -520,80 +520,22 @@ async fn forward(
     }
 }
 
-/// One request to one replica within the request timeout: on a held or pooled connection if
-/// there is one (again on a new connection if that one turns out to have been closed while
-/// idle), else on a new connection.
-async fn attempt(
+/// Sends the request to the `picked` replica's REST listener and reads its answer.
+async fn send(
     handle: &RouterHandle,
-    upstreams: &mut Upstreams,
+    upstreams: &Upstreams,
     head: &RequestHead,
-    body: &Bytes,
+    body: &[u8],
     picked: &Picked,
 ) -> Result<Answer, Failure> {
     let replica = picked.replica();
-    let addr = replica.endpoint.http;
-    let config = handle.config();
     let outgoing = Outgoing {
         request: upstream_request(head, replica, body),
         head_request: head.is_head(),
-        limit: config.answer_limit_bytes,
-        pool: handle.pool(),
+        limit: handle.config().answer_limit_bytes,
     };
-    let run = async {
-        if let Some(conn) = upstreams.take(addr).or_else(|| handle.pool().take(addr)) {
-            match outgoing.on(conn, upstreams).await {
-                Ok(answer) => return Ok(answer),
-                // A kept connection the replica closed meanwhile: not the replica's failure.
-                Err((Failure::NoAnswer(_), true)) => {}
-                Err((failure, _)) => return Err(failure),
-            }
-        }
-        let socket = replica.endpoint.data_socket.as_deref();
-        let conn = Upstream::connect(addr, socket, config.connect_timeout)
-            .await
-            .map_err(|e| connect_failed(addr, socket, e))?;
-        outgoing
-            .on(conn, upstreams)
-            .await
-            .map_err(|(failure, _)| failure)
-    };
-    match tokio::time::timeout(config.request_timeout, run).await {
-        Ok(result) => result,
-        Err(_) => Err(Failure::TimedOut),
-    }
-}
-
-/// One request encoded for a replica, and what sending it needs.
-struct Outgoing<'a> {
-    request: Vec<u8>,
-    head_request: bool,
-    /// Largest answer body taken.
-    limit: usize,
-    /// Where held connections beyond the per-client limit go.
-    pool: &'a Pool<Upstream>,
-}
-
-impl Outgoing<'_> {
-    /// [`exchange`] on `conn`, holding the connection if it can be used again. A failure comes
-    /// with whether the connection had been used before.
-    async fn on(
-        &self,
-        conn: Upstream,
-        upstreams: &mut Upstreams,
-    ) -> Result<Answer, (Failure, bool)> {
-        let reused = conn.reused();
-        match exchange(conn, &self.request, self.head_request, self.limit).await {
-            Ok((answer, back)) => {
-                if let Some(oldest) = back.and_then(|conn| upstreams.keep(conn)) {
-                    self.pool.put([oldest]);
-                }
-                Ok(answer)
-            }
-            Err(ExchangeError::NoAnswer(detail)) => Err((Failure::NoAnswer(detail), reused)),
-            Err(ExchangeError::CutOff(detail)) => Err((Failure::CutOff(detail), false)),
-            Err(ExchangeError::Broken(detail)) => Err((Failure::Broken(detail), false)),
-        }
-    }
+    let socket = replica.endpoint.data_socket.as_deref();
+    attempt(handle, upstreams, replica.endpoint.http, socket, &outgoing).await
 }
 
 /// The request as the replica gets it: same method, target, fields and body, with the
@@ -631,7 +573,7 @@ fn upstream_request(head: &RequestHead, replica: &Replica, body: &[u8]) -> Vec<u
 /// 500) are re-emitted as `{"error": ...}` so V2 clients can read them (v2-protocol.md §2.10);
 /// the status passes through unchanged.
 fn answer_reply(answer: Answer, head_request: bool) -> Reply {
-    let Answer { head, body } = answer;
+    let Answer { head, body, .. } = answer;
     let is_json = head.fields.get("content-type") == Some(&b"application/json"[..]);
     let wrap = !(200..300).contains(&head.status) && !is_json && !head_request;
     let mut fields = Vec::with_capacity(256);

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use coscale_api::routing::{Endpoint, RoutingTable};
-use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::error::RouteError;
@@ -27,11 +26,8 @@ pub struct Replica {
     pub internal_name: String,
     /// `host`, `seldon-model` and `seldon-internal-model` header lines of a forwarded REST request.
     pub(crate) rest_fields: String,
-    /// `seldon-model` and `seldon-internal-model` values of a forwarded gRPC call.
-    pub(crate) model_header: HeaderValue,
-    pub(crate) internal_header: HeaderValue,
-    /// The authority (`host:port`) of a forwarded gRPC call's URI.
-    pub(crate) grpc_authority: Authority,
+    /// The same for a forwarded gRPC call (`host` its gRPC listener), and `te: trailers`.
+    pub(crate) grpc_fields: String,
     counter: Arc<AtomicUsize>,
 }
 
@@ -39,18 +35,15 @@ impl Replica {
     fn new(model: &str, endpoint: &Endpoint, counter: Arc<AtomicUsize>) -> Option<Self> {
         let internal_name = endpoint.internal_name(model);
         // Names that cannot be header values are refused here, so forwarding cannot fail on them.
-        let model_header = HeaderValue::from_str(model).ok()?;
-        let internal_header = HeaderValue::from_str(&internal_name).ok()?;
-        let grpc_authority = Authority::try_from(endpoint.grpc.to_string()).ok()?;
-        let rest_fields = format!(
-            "host: {}\r\n{SELDON_MODEL}: {model}\r\n{SELDON_INTERNAL_MODEL}: {internal_name}\r\n",
-            endpoint.http
-        );
+        HeaderValue::from_str(model).ok()?;
+        HeaderValue::from_str(&internal_name).ok()?;
+        let seldon =
+            format!("{SELDON_MODEL}: {model}\r\n{SELDON_INTERNAL_MODEL}: {internal_name}\r\n");
+        let rest_fields = format!("host: {}\r\n{seldon}", endpoint.http);
+        let grpc_fields = format!("host: {}\r\n{seldon}te: trailers\r\n", endpoint.grpc);
         Some(Replica {
             rest_fields,
-            model_header,
-            internal_header,
-            grpc_authority,
+            grpc_fields,
             model: model.to_owned(),
             endpoint: endpoint.clone(),
             internal_name,

@@ -1,11 +1,13 @@
-//! Connections from the router to replicas' REST listeners, and one request/answer exchange on
-//! such a connection; [`Stream`], a connection to a replica over TCP or its Unix socket, for
-//! REST and gRPC alike.
+//! HTTP/1.1 connections from the router to replicas, for REST requests and gRPC calls alike
+//! (a gRPC call goes to the replica's gRPC listener as an HTTP/1.1 request whose answer carries
+//! its status in chunked trailers), and [`attempt`]: one request/answer exchange with a
+//! replica on such a connection. [`Stream`] is a connection to a replica over TCP or its Unix
+//! socket.
 //!
 //! Each client connection keeps the replica connections it used ([`Upstreams`]): the next
-//! request to the same replica goes out on the same socket from the same task, with no pool lock
-//! and no hand-over to another task. When the client goes away its connections move to the
-//! shared idle [`crate::pool::Pool`], from which new client connections take them. A replica that has a
+//! request to the same replica goes out on the same socket from the same task, with no
+//! hand-over to another task. When the client goes away its connections move to the shared idle
+//! [`crate::pool::Pool`], from which new client connections take them. A replica that has a
 //! data-plane Unix socket (local replicas of `coscale up`) is reached over it, else over TCP.
 
 use std::io;
@@ -22,11 +24,12 @@ use tokio::net::TcpStream;
 
 use crate::error::Failure;
 use crate::h1::{self, BodyError, Framing, ResponseHead};
+use crate::handle::{lock, RouterHandle};
 use crate::pool::Pooled;
 
 /// A connection to a replica: TCP, or its Unix socket (REST and gRPC alike).
 #[derive(Debug)]
-pub(crate) enum Stream {
+enum Stream {
     Tcp(TcpStream),
     Unix(UnixConn),
 }
@@ -97,21 +100,18 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The failure of a connection (or, over HTTP/2, its handshake) to the replica at `addr`, over
-/// its Unix `socket` when it has one: no answer, so the request is retried elsewhere.
-pub(crate) fn connect_failed(
-    addr: SocketAddr,
-    socket: Option<&Path>,
-    err: impl std::fmt::Display,
-) -> Failure {
+/// The failure of a connection to the replica at `addr`, over its Unix `socket` when it has
+/// one: no answer, so the request is retried elsewhere.
+fn connect_failed(addr: SocketAddr, socket: Option<&Path>, err: impl std::fmt::Display) -> Failure {
     let to = socket.map_or_else(|| addr.to_string(), |p| p.display().to_string());
     Failure::NoAnswer(format!("connecting to {to} failed: {err}"))
 }
 
-/// One open connection to a replica's REST listener.
+/// One open HTTP/1.1 connection to a replica.
 #[derive(Debug)]
 pub(crate) struct Upstream {
-    /// The replica's TCP address: its key in the pool, whichever way it is connected.
+    /// The replica's TCP address (REST or gRPC listener): its key in the pool, whichever way
+    /// it is connected.
     addr: SocketAddr,
     stream: Stream,
     buf: BytesMut,
@@ -153,6 +153,8 @@ impl Pooled for Upstream {
 pub(crate) struct Answer {
     pub(crate) head: ResponseHead,
     pub(crate) body: Bytes,
+    /// Trailer field lines of a chunked answer (a gRPC answer's status).
+    pub(crate) trailers: Vec<Bytes>,
 }
 
 /// How an exchange failed.
@@ -222,35 +224,121 @@ pub(crate) async fn exchange(
             }
         })?;
     let reusable = framing != Framing::UntilClose && head.keep_alive() && conn.buf.is_empty();
-    Ok((Answer { head, body }, reusable.then_some(conn)))
+    let answer = Answer {
+        head,
+        body: body.data,
+        trailers: body.trailers,
+    };
+    Ok((answer, reusable.then_some(conn)))
 }
 
 /// Most replica connections one client connection holds; the oldest beyond go to the pool (so
 /// that replicas that went away do not pile up on a long-lived client connection).
 const MAX_HELD: usize = 8;
 
-/// The replica connections one client connection holds between its requests.
+/// The replica connections one client connection holds between its requests (shared by the
+/// calls of a gRPC client connection in flight at once, each of which takes one while it uses
+/// it).
 #[derive(Debug, Default)]
 pub(crate) struct Upstreams {
-    conns: Vec<Upstream>,
+    conns: std::sync::Mutex<Vec<Upstream>>,
 }
 
 impl Upstreams {
     /// A held connection to `addr`, if any.
-    pub(crate) fn take(&mut self, addr: SocketAddr) -> Option<Upstream> {
-        let i = self.conns.iter().position(|c| c.addr == addr)?;
-        Some(self.conns.swap_remove(i))
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<Upstream> {
+        let mut conns = lock(&self.conns);
+        let i = conns.iter().position(|c| c.addr == addr)?;
+        Some(conns.swap_remove(i))
     }
 
     /// Holds `conn`; returns the oldest held connection if there are now too many.
-    pub(crate) fn keep(&mut self, conn: Upstream) -> Option<Upstream> {
-        self.conns.push(conn);
-        (self.conns.len() > MAX_HELD).then(|| self.conns.remove(0))
+    pub(crate) fn keep(&self, conn: Upstream) -> Option<Upstream> {
+        let mut conns = lock(&self.conns);
+        conns.push(conn);
+        (conns.len() > MAX_HELD).then(|| conns.remove(0))
     }
 
     /// Every held connection, for the shared pool.
     pub(crate) fn into_inner(self) -> Vec<Upstream> {
         self.conns
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One request encoded for a replica, and how to read its answer.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// Head and body, as they go on the wire.
+    pub(crate) request: Vec<u8>,
+    /// Whether it is a HEAD request (whose answer has no body).
+    pub(crate) head_request: bool,
+    /// Largest answer body taken.
+    pub(crate) limit: usize,
+}
+
+/// Sends `outgoing` to the replica at `addr` (over its Unix `socket` when it has one) within the
+/// request timeout and reads the whole answer: on a connection this client connection holds or
+/// an idle one from the pool if there is one (again on a new connection if that one turns out
+/// to have been closed while idle), else on a new connection.
+pub(crate) async fn attempt(
+    handle: &RouterHandle,
+    upstreams: &Upstreams,
+    addr: SocketAddr,
+    socket: Option<&Path>,
+    outgoing: &Outgoing,
+) -> Result<Answer, Failure> {
+    let config = handle.config();
+    let run = async {
+        if let Some(conn) = upstreams.take(addr).or_else(|| handle.pool().take(addr)) {
+            match on(handle, conn, upstreams, outgoing).await {
+                Ok(answer) => return Ok(answer),
+                // A kept connection the replica closed meanwhile: not the replica's failure.
+                Err((Failure::NoAnswer(_), true)) => {}
+                Err((failure, _)) => return Err(failure),
+            }
+        }
+        let conn = Upstream::connect(addr, socket, config.connect_timeout)
+            .await
+            .map_err(|e| connect_failed(addr, socket, e))?;
+        on(handle, conn, upstreams, outgoing)
+            .await
+            .map_err(|(failure, _)| failure)
+    };
+    match tokio::time::timeout(config.request_timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::TimedOut),
+    }
+}
+
+/// [`exchange`] on `conn`, holding the connection if it can be used again (the oldest held one
+/// going to the pool if there are too many). A failure comes with whether the connection had
+/// been used before.
+async fn on(
+    handle: &RouterHandle,
+    conn: Upstream,
+    upstreams: &Upstreams,
+    outgoing: &Outgoing,
+) -> Result<Answer, (Failure, bool)> {
+    let reused = conn.reused();
+    match exchange(
+        conn,
+        &outgoing.request,
+        outgoing.head_request,
+        outgoing.limit,
+    )
+    .await
+    {
+        Ok((answer, back)) => {
+            if let Some(oldest) = back.and_then(|conn| upstreams.keep(conn)) {
+                handle.pool().put([oldest]);
+            }
+            Ok(answer)
+        }
+        Err(ExchangeError::NoAnswer(detail)) => Err((Failure::NoAnswer(detail), reused)),
+        Err(ExchangeError::CutOff(detail)) => Err((Failure::CutOff(detail), false)),
+        Err(ExchangeError::Broken(detail)) => Err((Failure::Broken(detail), false)),
     }
 }
 
@@ -410,7 +498,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_connection_holds_at_most_eight_replica_connections() {
         let addr = replica(b"", false).await;
-        let mut held = Upstreams::default();
+        let held = Upstreams::default();
         let first = connect(addr).await;
         let port = |conn: &Upstream| match &conn.stream {
             Stream::Tcp(tcp) => tcp.local_addr().unwrap().port(),

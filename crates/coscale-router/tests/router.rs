@@ -1,5 +1,6 @@
-//! The router end to end on 127.0.0.1: real TCP, fake agents (axum and tonic servers defined
-//! here) that record what they received and can be told to fail, hang or hold requests.
+//! The router end to end on 127.0.0.1: real TCP, fake agents (an axum REST server, and a tonic
+//! gRPC service served as the agent serves its own, by `coscale_runtime::serve_http` of
+//! `grpc_app`) that record what they received and can be told to fail, hang or hold requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -193,12 +194,22 @@ impl GrpcInferenceService for GrpcAgent {
             }
             Mode::Ok => {}
         }
-        Ok(tonic::Response::new(ModelInferResponse {
+        // Metadata the client sent, text and binary, comes back in the answer's head.
+        let echo = request.metadata().get("x-request-id").cloned();
+        let echo_bin = request.metadata().get_bin("trace-bin").cloned();
+        let mut response = tonic::Response::new(ModelInferResponse {
             model_name: request.get_ref().model_name.clone(),
             id: self.name.to_owned(),
             raw_output_contents: request.into_inner().raw_input_contents,
             ..Default::default()
-        }))
+        });
+        if let Some(value) = echo {
+            response.metadata_mut().insert("x-request-id", value);
+        }
+        if let Some(value) = echo_bin {
+            response.metadata_mut().insert_bin("trace-bin", value);
+        }
+        Ok(response)
     }
     async fn repository_index(
         &self,
@@ -250,13 +261,11 @@ async fn start_agent(name: &'static str, mode: Mode) -> (Arc<FakeAgent>, SocketA
         .with_state(Arc::clone(&agent));
     tokio::spawn(async move { axum::serve(http, app).await.unwrap() });
     let service = GrpcInferenceServiceServer::new(GrpcAgent(Arc::clone(&agent)));
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(coscale_net::nodelay_incoming(grpc))
-            .await
-            .unwrap()
-    });
+    tokio::spawn(coscale_runtime::serve_http(
+        coscale_runtime::nodelay(grpc),
+        coscale_runtime::grpc_app(service),
+        std::future::pending(),
+    ));
     (agent, http_addr, grpc_addr)
 }
 
@@ -825,15 +834,20 @@ async fn grpc_infer_is_forwarded_with_model_name_and_seldon_metadata() {
     )
     .await;
     let mut client = router.grpc_client().await;
-    let response = client
-        .model_infer(ModelInferRequest {
-            model_name: "iris".into(),
-            raw_input_contents: vec![vec![1, 2, 3, 4]],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut request = tonic::Request::new(ModelInferRequest {
+        model_name: "iris".into(),
+        raw_input_contents: vec![vec![1, 2, 3, 4]],
+        ..Default::default()
+    });
+    let metadata = request.metadata_mut();
+    metadata.insert("x-request-id", "r-1".parse().unwrap());
+    let blob = tonic::metadata::BinaryMetadataValue::from_bytes(&[0, 0xff, b'\n', 7]);
+    metadata.insert_bin("trace-bin", blob.clone());
+    let response = client.model_infer(request).await.unwrap();
+    // The client's metadata reached the replica and the replica's came back, both ways.
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "r-1");
+    assert_eq!(response.metadata().get_bin("trace-bin"), Some(&blob));
+    let response = response.into_inner();
     assert_eq!(response.model_name, "iris");
     assert_eq!(response.raw_output_contents, vec![vec![1, 2, 3, 4]]);
 
@@ -1200,67 +1214,83 @@ async fn grpc_requests_are_checked_before_anything_is_forwarded() {
     router.shutdown().await;
 }
 
-/// How an [`h2_replica`] answers.
+/// How a [`grpc_replica`] answers.
 #[derive(Clone, Copy, PartialEq)]
-enum H2Answer {
-    /// An empty message and status OK.
+enum ReplicaAnswer {
+    /// An empty message and status OK, with the trailers of `grpc_app` over HTTP/1.1.
     Whole,
-    /// The same, then it closes the connection (GOAWAY).
+    /// The same, then it closes the connection (`connection: close`).
     WholeThenClose,
-    /// The answer's head and the first MiB of a 2 MiB message, then, once the router's
-    /// window update shows it has read them, it resets the call's stream (as a replica that
-    /// fails in the middle of an answer).
+    /// The answer's head and the first KiB of a 2 MiB message, then it closes the connection
+    /// (as a replica that fails in the middle of an answer).
     CutOff,
 }
 
-/// A gRPC replica on the h2 crate that answers every call as `answer` says. Counts the
-/// connections.
-async fn h2_replica(answer: H2Answer) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// The head of a gRPC answer over HTTP/1.1.
+const GRPC_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n\
+    transfer-encoding: chunked\r\ntrailer: grpc-status, grpc-message\r\n";
+
+/// A gRPC replica written byte for byte (HTTP/1.1, as the router calls replicas) that answers
+/// every call as `answer` says. Counts the connections.
+async fn grpc_replica(answer: ReplicaAnswer) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = Arc::clone(&connections);
     tokio::spawn(async move {
         loop {
-            let (tcp, _) = listener.accept().await.unwrap();
+            let (mut tcp, _) = listener.accept().await.unwrap();
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut conn = h2::server::handshake(tcp).await.unwrap();
-                while let Some(Ok((request, mut respond))) = conn.accept().await {
-                    let mut body = request.into_body();
-                    while let Some(chunk) = body.data().await {
-                        let _ = body.flow_control().release_capacity(chunk.unwrap().len());
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then its content-length body.
+                    let body_start = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut more = [0; 4096];
+                        match tcp.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..body_start]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .expect("a content-length");
+                    while buf.len() < body_start + length {
+                        let mut more = [0; 4096];
+                        match tcp.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
                     }
-                    let head = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(())
-                        .unwrap();
-                    let mut stream = respond.send_response(head, false).unwrap();
-                    if answer == H2Answer::CutOff {
-                        // Driven by a task of its own while `accept` drives the connection.
-                        tokio::spawn(async move {
-                            let mut first = vec![0u8; 1 << 20];
-                            first[1..5].copy_from_slice(&(2u32 << 20).to_be_bytes());
-                            stream.send_data(bytes::Bytes::from(first), false).unwrap();
-                            // The router's window is full: one more byte of room means it has
-                            // read the head and the first MiB.
-                            stream.reserve_capacity(1);
-                            while let Some(Ok(0)) =
-                                std::future::poll_fn(|cx| stream.poll_capacity(cx)).await
-                            {
-                            }
-                            stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                        });
-                        continue;
-                    }
-                    stream
-                        .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false)
-                        .unwrap();
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    stream.send_trailers(trailers).unwrap();
-                    if answer == H2Answer::WholeThenClose {
-                        conn.graceful_shutdown();
+                    buf.drain(..body_start + length);
+                    let written = match answer {
+                        ReplicaAnswer::Whole | ReplicaAnswer::WholeThenClose => {
+                            let close = if answer == ReplicaAnswer::WholeThenClose {
+                                "connection: close\r\n"
+                            } else {
+                                ""
+                            };
+                            let whole = format!(
+                                "{GRPC_HEAD}{close}\r\n5\r\n\0\0\0\0\0\r\n0\r\ngrpc-status: 0\r\n\r\n"
+                            );
+                            tcp.write_all(whole.as_bytes()).await
+                        }
+                        ReplicaAnswer::CutOff => {
+                            let mut cut =
+                                format!("{GRPC_HEAD}\r\n200005\r\n\0\0\x20\0\0").into_bytes();
+                            cut.extend_from_slice(&[0; 1024]);
+                            tcp.write_all(&cut).await
+                        }
+                    };
+                    if written.is_err() || answer != ReplicaAnswer::Whole {
+                        return;
                     }
                 }
             });
@@ -1269,11 +1299,11 @@ async fn h2_replica(answer: H2Answer) -> (SocketAddr, Arc<std::sync::atomic::Ato
     (addr, connections)
 }
 
-/// A router whose model `m` has one replica: an [`h2_replica`] (gRPC only).
-async fn router_on_h2_replica(
-    answer: H2Answer,
+/// A router whose model `m` has one replica: a [`grpc_replica`] (gRPC only).
+async fn router_on_grpc_replica(
+    answer: ReplicaAnswer,
 ) -> (TestRouter, Arc<std::sync::atomic::AtomicUsize>) {
-    let (replica, connections) = h2_replica(answer).await;
+    let (replica, connections) = grpc_replica(answer).await;
     let unused = closed_addr().await;
     let router = TestRouter::start(
         RouterConfig::default(),
@@ -1287,14 +1317,14 @@ async fn router_on_h2_replica(
 /// replica; the client gets that replica's answer.
 #[tokio::test]
 async fn a_grpc_answer_cut_off_by_the_replica_is_retried_on_the_other_replica() {
-    let (cut_off, _) = h2_replica(H2Answer::CutOff).await;
+    let (cut_off, _) = grpc_replica(ReplicaAnswer::CutOff).await;
     let unused = closed_addr().await;
     assert_failed_attempts_are_retried((unused, cut_off), true).await;
 }
 
 #[tokio::test]
 async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_elsewhere() {
-    let (router, connections) = router_on_h2_replica(H2Answer::WholeThenClose).await;
+    let (router, connections) = router_on_grpc_replica(ReplicaAnswer::WholeThenClose).await;
     let mut client = router.grpc_client().await;
     for _ in 0..3 {
         client.model_infer(infer_message("m")).await.unwrap();
@@ -1310,7 +1340,7 @@ async fn a_held_grpc_connection_the_replica_closed_is_replaced_without_a_retry_e
 
 #[tokio::test]
 async fn grpc_clients_that_connect_for_each_call_share_the_routers_connection_to_the_replica() {
-    let (router, connections) = router_on_h2_replica(H2Answer::Whole).await;
+    let (router, connections) = router_on_grpc_replica(ReplicaAnswer::Whole).await;
     // Each client makes one call on a connection of its own and goes away. Once the router has
     // seen a client leave before the next one calls, the next call goes out on the connection
     // to the replica that the client before it left behind.
@@ -1698,15 +1728,20 @@ async fn a_replica_with_a_socket_is_reached_over_it_with_rest_and_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s-0.sock");
     let unix = tokio::net::UnixListener::bind(&path).unwrap();
-    // REST, and gRPC over HTTP/2 with prior knowledge, on the one socket (as the agent serves).
+    // REST and gRPC on the one socket, served as the agent serves them.
+    let grpc = GrpcInferenceServiceServer::new(GrpcAgent(Arc::clone(&agent)));
     let app = axum::Router::new()
+        .fallback(agent_rest)
+        .with_state(Arc::clone(&agent))
         .route_service(
             "/inference.GRPCInferenceService/{*method}",
-            GrpcInferenceServiceServer::new(GrpcAgent(Arc::clone(&agent))),
-        )
-        .fallback(agent_rest)
-        .with_state(Arc::clone(&agent));
-    tokio::spawn(async move { axum::serve(unix, app).await.unwrap() });
+            coscale_runtime::grpc_app(grpc).into_service(),
+        );
+    tokio::spawn(coscale_runtime::serve_http(
+        unix,
+        app,
+        std::future::pending(),
+    ));
     // Nothing listens on the TCP address: only the socket can answer.
     let tcp = closed_addr().await;
     let mut on_socket = endpoint("s", 0, 3, tcp, tcp);

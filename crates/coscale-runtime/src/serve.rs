@@ -48,24 +48,30 @@ pub fn nodelay(listener: TcpListener) -> impl Listener<Io = TcpStream, Addr = So
 /// The V2 gRPC `service` alone as an axum `Router`, for [`serve_http`], with what tonic's own
 /// server adds to a service: a call to any other service or method answers `UNIMPLEMENTED`,
 /// and a call still unanswered when its `grpc-timeout` has passed is dropped (its handler
-/// cancelled) and answered `DEADLINE_EXCEEDED`.
+/// cancelled) and answered `DEADLINE_EXCEEDED`. Over HTTP/1.1 (what the router sends, one call
+/// per connection at a time, like its REST requests) an answer names its trailer fields in a
+/// `trailer` field, without which hyper sends no trailers there: the status arrives in them as
+/// over HTTP/2.
 pub fn grpc_app<T: GrpcInferenceService>(service: GrpcInferenceServiceServer<T>) -> Router {
-    tonic::service::Routes::new(Deadline(service)).into_axum_router()
+    tonic::service::Routes::new(Calls(service)).into_axum_router()
 }
 
 /// A gRPC service whose calls end with `DEADLINE_EXCEEDED` when their `grpc-timeout` passes
-/// first (tonic's own server wraps every service so). A call without one costs a header
-/// lookup, no allocation.
+/// first (tonic's own server wraps every service so), and whose answers over HTTP/1 announce
+/// their trailers. An HTTP/2 call without a deadline costs a header lookup, no allocation.
 #[derive(Clone)]
-struct Deadline<S>(S);
+struct Calls<S>(S);
 
-impl<S: NamedService> NamedService for Deadline<S> {
+impl<S: NamedService> NamedService for Calls<S> {
     const NAME: &'static str = S::NAME;
 }
 
 type GrpcAnswer = http::Response<tonic::body::Body>;
 
-impl<S, B> tower::Service<http::Request<B>> for Deadline<S>
+/// The `trailer` field of an answer over HTTP/1: the trailers a gRPC answer ends with.
+const GRPC_TRAILERS: &str = "grpc-status, grpc-message, grpc-status-details-bin";
+
+impl<S, B> tower::Service<http::Request<B>> for Calls<S>
 where
     S: tower::Service<http::Request<B>, Response = GrpcAnswer, Error = Infallible>,
     S::Future: Send + 'static,
@@ -80,19 +86,39 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let timeout = grpc_timeout(request.headers());
+        let over_http1 = request.version() < http::Version::HTTP_2;
         let answer = self.0.call(request);
-        let Some(timeout) = timeout else {
+        if timeout.is_none() && !over_http1 {
             return Either::Left(answer);
-        };
+        }
         Either::Right(Box::pin(async move {
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(answer) => answer,
-                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                    "the call's deadline (grpc-timeout {timeout:?}) passed before it was answered"
-                ))
-                .into_http()),
+            let Ok(mut answer) = within(timeout, answer).await;
+            // A trailers-only answer (the status in its head) has no trailers to announce.
+            if over_http1 && !answer.headers().contains_key("grpc-status") {
+                answer.headers_mut().insert(
+                    http::header::TRAILER,
+                    http::HeaderValue::from_static(GRPC_TRAILERS),
+                );
             }
+            Ok(answer)
         }))
+    }
+}
+
+/// `answer`, or `DEADLINE_EXCEEDED` if `timeout` passes first.
+async fn within(
+    timeout: Option<Duration>,
+    answer: impl Future<Output = Result<GrpcAnswer, Infallible>>,
+) -> Result<GrpcAnswer, Infallible> {
+    let Some(timeout) = timeout else {
+        return answer.await;
+    };
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(answer) => answer,
+        Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+            "the call's deadline (grpc-timeout {timeout:?}) passed before it was answered"
+        ))
+        .into_http()),
     }
 }
 

@@ -262,32 +262,57 @@ fn framed(message: &[u8]) -> bytes::Bytes {
 /// `headers`, as a gRPC client would but without a client's own deadline handling; returns
 /// the call's `grpc-status` (from the head of a trailers-only answer, else the trailers).
 async fn raw_call(addr: SocketAddr, path: &str, body: AnyBody, headers: &[(&str, &str)]) -> String {
+    raw_call_over(http::Version::HTTP_2, addr, path, body, headers)
+        .await
+        .status
+}
+
+/// A call's answer as [`raw_call_over`] reads it.
+struct RawAnswer {
+    /// `grpc-status`: in the head of a trailers-only answer, else in the trailers.
+    status: String,
+    /// Whether it came in the trailers.
+    in_trailers: bool,
+    body: bytes::Bytes,
+}
+
+/// [`raw_call`] over HTTP/2 or HTTP/1.1 (as the router calls replicas), with the answer's body.
+async fn raw_call_over(
+    version: http::Version,
+    addr: SocketAddr,
+    path: &str,
+    body: AnyBody,
+    headers: &[(&str, &str)],
+) -> RawAnswer {
     use http_body_util::BodyExt;
-    let mut send = http2_connection::<AnyBody>(&addr.to_string()).await;
     let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .version(version)
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let answer = send
-        .send_request(request.body(body).unwrap())
-        .await
-        .unwrap();
+    let request = request.body(body).unwrap();
+    let answer = if version == http::Version::HTTP_2 {
+        let mut send = http2_connection::<AnyBody>(&addr.to_string()).await;
+        send.send_request(request).await.unwrap()
+    } else {
+        let mut send = http1_connection::<AnyBody>(&addr.to_string()).await;
+        send.send_request(request).await.unwrap()
+    };
     assert_eq!(answer.status(), http::StatusCode::OK, "{path}");
     let head = answer.headers().clone();
-    let trailers = answer
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .trailers()
-        .cloned();
-    let status = head
-        .get("grpc-status")
+    let collected = answer.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    let in_head = head.get("grpc-status");
+    let status = in_head
         .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
         .unwrap_or_else(|| panic!("{path}: no grpc-status in {head:?} / {trailers:?}"));
-    status.to_str().unwrap().to_owned()
+    RawAnswer {
+        status: status.to_str().unwrap().to_owned(),
+        in_trailers: in_head.is_none(),
+        body: collected.to_bytes(),
+    }
 }
 
 fn whole(message: &[u8]) -> AnyBody {
@@ -337,4 +362,35 @@ async fn a_call_past_its_grpc_timeout_is_deadline_exceeded() {
 
     let in_time = raw_call(addr, infer, whole(&message), &[("grpc-timeout", "10S")]).await;
     assert_eq!(in_time, "0");
+}
+
+/// Over HTTP/1.1, as the router calls a replica, a call is answered as over HTTP/2: the message
+/// in the body, the status in the trailers (announced in a `trailer` field, without which
+/// hyper would drop them), and an error as a trailers-only answer.
+#[tokio::test]
+async fn over_http1_the_status_comes_in_trailers_as_over_http2() {
+    use prost::Message;
+    let addr = serve().await;
+    let infer_over_http1 = |model: &str| {
+        let message = iris_request(&ROWS)
+            .to_proto(model, None, true)
+            .encode_to_vec();
+        let path = "/inference.GRPCInferenceService/ModelInfer";
+        raw_call_over(http::Version::HTTP_11, addr, path, whole(&message), &[])
+    };
+    let answer = infer_over_http1("iris").await;
+    assert_eq!((answer.status.as_str(), answer.in_trailers), ("0", true));
+    let (prefix, reply) = answer.body.split_at(5);
+    assert_eq!(prefix[0], 0, "uncompressed");
+    assert_eq!(
+        u32::from_be_bytes(prefix[1..].try_into().unwrap()) as usize,
+        reply.len()
+    );
+    let reply = pb::ModelInferResponse::decode(reply).unwrap();
+    assert_eq!(labels(reply), IRIS_LABELS.to_vec());
+
+    let unknown = infer_over_http1("nope").await;
+    assert_eq!(unknown.status, "5", "NOT_FOUND");
+    assert!(!unknown.in_trailers, "a trailers-only answer");
+    assert!(unknown.body.is_empty());
 }

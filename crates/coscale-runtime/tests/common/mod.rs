@@ -37,6 +37,21 @@ pub fn iris_request(rows: &[[f32; 4]]) -> InferRequest {
     }
 }
 
+/// An HTTP/1.1 connection to the server at `addr` (`host:port`), driven by a task of its own.
+pub async fn http1_connection<B>(addr: &str) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// An HTTP/2 connection (prior knowledge, as gRPC clients and h2c-speaking proxies use) to the
 /// server at `addr` (`host:port`), driven by a task of its own.
 pub async fn http2_connection<B>(addr: &str) -> hyper::client::conn::http2::SendRequest<B>
