@@ -16,6 +16,8 @@
 //! the message's model name. That name is field 1 of all three request messages and is the only
 //! field read. Repository RPCs are refused: models are managed through the control plane.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use coscale_api::pb::inference::{ServerLiveResponse, ServerMetadataResponse, ServerReadyResponse};
 use coscale_net::Repoll;
@@ -36,7 +38,7 @@ use crate::metrics::GRPC;
 use crate::name::validate_model_name;
 use crate::rest::accept_loop;
 use crate::state::{Picked, Replica};
-use crate::upstream::{self, attempt, Outgoing, Upstreams};
+use crate::upstream::{self, attempt, with_retry, Outgoing, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const SERVICE: &str = "/inference.GRPCInferenceService/";
@@ -326,27 +328,13 @@ async fn forward(
         RouteError::UnknownModel(_) => Named::Unknown(err),
         err => Named::Known(model.clone(), err),
     })?;
-    let known = |err: RouteError| Named::Known(model.clone(), err);
-    let failure = match send(handle, upstreams, parts, &framed, &first).await {
-        Ok(upstream) => return Ok((upstream, first)),
-        Err(failure) => failure,
+    let framed = &framed;
+    let send = |replica: Arc<Replica>| async move {
+        send(handle, upstreams, parts, framed, &replica).await
     };
-    let retry = failure.retried();
-    let failed = failure.error(handle, first.replica());
-    if !retry {
-        return Err(known(failed));
-    }
-    let first_endpoint = first.endpoint().clone();
-    drop(first);
-    let Ok(second) = handle.pick(&model, Some(&first_endpoint)) else {
-        return Err(known(failed));
-    };
-    handle.metrics().retried();
-    tracing::debug!(error = %failed, retry_on = %second.replica().label(), "retrying on another replica");
-    match send(handle, upstreams, parts, &framed, &second).await {
-        Ok(upstream) => Ok((upstream, second)),
-        Err(failure) => Err(known(failure.error(handle, second.replica()))),
-    }
+    with_retry(handle, first, send)
+        .await
+        .map_err(|err| Named::Known(model, err))
 }
 
 /// The request body: one length-prefixed message of at most `limit` bytes.
@@ -491,15 +479,14 @@ impl Upstream {
     }
 }
 
-/// Sends the call to the `picked` replica's gRPC listener over HTTP/1.1 and reads its answer.
+/// Sends the call to the replica's gRPC listener over HTTP/1.1 and reads its answer.
 async fn send(
     handle: &RouterHandle,
     upstreams: &Upstreams,
     parts: &http::request::Parts,
     framed: &[u8],
-    picked: &Picked,
+    replica: &Replica,
 ) -> Result<Upstream, Failure> {
-    let replica = picked.replica();
     let outgoing = Outgoing {
         request: upstream_call(parts, replica, framed),
         head_request: false,

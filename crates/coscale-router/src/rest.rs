@@ -9,6 +9,7 @@
 //! not (the V2 protocol has none).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,7 +25,7 @@ use crate::handle::RouterHandle;
 use crate::metrics::REST;
 use crate::name::{decode_model_segment, validate_model_name};
 use crate::state::{Picked, Replica};
-use crate::upstream::{attempt, Answer, Outgoing, Upstreams};
+use crate::upstream::{attempt, with_retry, Answer, Outgoing, Upstreams};
 use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 
 const MODELS_PREFIX: &str = "/v2/models/";
@@ -494,41 +495,23 @@ async fn forward(
     let first = handle
         .pick(model, None)
         .map_err(|err| Early::Final(Reply::error(&err), After::KeepOpen))?;
-    let head_request = head.is_head();
-    let failure = match send(handle, &client.upstreams, head, &body, &first).await {
-        Ok(answer) => return Ok((answer_reply(answer, head_request), first)),
-        Err(failure) => failure,
-    };
-    let retry = failure.retried();
-    let failed = failure.error(handle, first.replica());
-    if !retry {
-        return Err(Early::Final(Reply::error(&failed), After::KeepOpen));
-    }
-    let first_endpoint = first.endpoint().clone();
-    drop(first);
-    let Ok(second) = handle.pick(model, Some(&first_endpoint)) else {
-        return Err(Early::Final(Reply::error(&failed), After::KeepOpen));
-    };
-    handle.metrics().retried();
-    tracing::debug!(error = %failed, retry_on = %second.replica().label(), "retrying on another replica");
-    match send(handle, &client.upstreams, head, &body, &second).await {
-        Ok(answer) => Ok((answer_reply(answer, head_request), second)),
-        Err(failure) => {
-            let err = failure.error(handle, second.replica());
-            Err(Early::Final(Reply::error(&err), After::KeepOpen))
-        }
-    }
+    let (upstreams, body) = (&client.upstreams, &body);
+    let send =
+        |replica: Arc<Replica>| async move { send(handle, upstreams, head, body, &replica).await };
+    let (answer, picked) = with_retry(handle, first, send)
+        .await
+        .map_err(|err| Early::Final(Reply::error(&err), After::KeepOpen))?;
+    Ok((answer_reply(answer, head.is_head()), picked))
 }
 
-/// Sends the request to the `picked` replica's REST listener and reads its answer.
+/// Sends the request to the replica's REST listener and reads its answer.
 async fn send(
     handle: &RouterHandle,
     upstreams: &Upstreams,
     head: &RequestHead,
     body: &[u8],
-    picked: &Picked,
+    replica: &Replica,
 ) -> Result<Answer, Failure> {
-    let replica = picked.replica();
     let outgoing = Outgoing {
         request: upstream_request(head, replica, body),
         head_request: head.is_head(),

@@ -77,6 +77,11 @@ impl Picked {
     pub fn replica(&self) -> &Replica {
         &self.replica
     }
+
+    /// The same, shared (for a request's future that outlives the borrow).
+    pub(crate) fn shared(&self) -> Arc<Replica> {
+        Arc::clone(&self.replica)
+    }
 }
 
 impl Drop for Picked {

@@ -10,10 +10,12 @@
 //! [`crate::pool::Pool`], from which new client connections take them. A replica that has a
 //! data-plane Unix socket (local replicas of `coscale up`) is reached over it, else over TCP.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,10 +24,11 @@ use coscale_net::UnixConn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::error::Failure;
+use crate::error::{Failure, RouteError};
 use crate::h1::{self, BodyError, Framing, ResponseHead};
 use crate::handle::{lock, RouterHandle};
 use crate::pool::Pooled;
+use crate::state::{Picked, Replica};
 
 /// A connection to a replica: TCP, or its Unix socket (REST and gRPC alike).
 #[derive(Debug)]
@@ -276,6 +279,41 @@ pub(crate) struct Outgoing {
     pub(crate) head_request: bool,
     /// Largest answer body taken.
     pub(crate) limit: usize,
+}
+
+/// Sends a request with `send` to the `first` replica and, when it gave no answer or only part
+/// of one, once more to another replica of the model (counted as a retry). The answer comes with
+/// the replica that gave it, whose in-flight slot is still held; a failure is the last
+/// replica's.
+pub(crate) async fn with_retry<T, F, Fut>(
+    handle: &RouterHandle,
+    first: Picked,
+    send: F,
+) -> Result<(T, Picked), RouteError>
+where
+    F: Fn(Arc<Replica>) -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let failure = match send(first.shared()).await {
+        Ok(answer) => return Ok((answer, first)),
+        Err(failure) => failure,
+    };
+    let retry = failure.retried();
+    let failed = failure.error(handle, first.replica());
+    if !retry {
+        return Err(failed);
+    }
+    let first_replica = first.shared();
+    drop(first);
+    let Ok(second) = handle.pick(&first_replica.model, Some(&first_replica.endpoint)) else {
+        return Err(failed);
+    };
+    handle.metrics().retried();
+    tracing::debug!(error = %failed, retry_on = %second.replica().label(), "retrying on another replica");
+    match send(second.shared()).await {
+        Ok(answer) => Ok((answer, second)),
+        Err(failure) => Err(failure.error(handle, second.replica())),
+    }
 }
 
 /// Sends `outgoing` to the replica at `addr` (over its Unix `socket` when it has one) within the
