@@ -405,7 +405,13 @@ impl ControlPlane {
         }
     }
 
-    fn on_disconnect(&self, server: &ServerName, replica: ReplicaIndex, session: u64) {
+    fn on_disconnect(
+        &self,
+        server: &ServerName,
+        replica: ReplicaIndex,
+        session: u64,
+        broken: Option<Status>,
+    ) {
         {
             let mut agents = self.agents();
             if agents
@@ -415,7 +421,10 @@ impl ControlPlane {
                 agents.remove(&(server.clone(), replica));
             }
         }
-        info!(%server, %replica, session, "agent disconnected");
+        match broken {
+            None => info!(%server, %replica, session, "agent disconnected"),
+            Some(e) => info!(%server, %replica, session, "agent disconnected: {}", e.message()),
+        }
         self.state()
             .agent_disconnected(server, replica, session, now_millis());
         self.reconcile_now();
@@ -462,17 +471,17 @@ impl AgentService for AgentEndpoint {
         let (server, replica, session, rx) = self.cp.on_register(reg)?;
         let cp = self.cp.clone();
         tokio::spawn(async move {
-            loop {
+            // An agent that exits (Ctrl-C on `coscale up` stops them all at once) or loses its
+            // connection often ends the stream with a transport error rather than its end:
+            // both are a disconnect, told as one (a crash is the provisioner's warning).
+            let broken = loop {
                 match inbound.message().await {
                     Ok(Some(msg)) => cp.on_message(&server, replica, session, msg),
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(%server, %replica, "agent stream error: {e}");
-                        break;
-                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
                 }
-            }
-            cp.on_disconnect(&server, replica, session);
+            };
+            cp.on_disconnect(&server, replica, session, broken);
         });
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
         Ok(Response::new(Box::pin(stream)))
