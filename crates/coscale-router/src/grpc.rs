@@ -44,9 +44,11 @@ use crate::{SELDON_INTERNAL_MODEL, SELDON_MODEL};
 const SERVICE: &str = "/inference.GRPCInferenceService/";
 const REPOSITORY_REFUSAL: &str =
     "the router does not serve the model repository API; use the control plane API to load and unload models";
-/// Flow-control windows, each way, per call and per connection (hyper's defaults).
+/// Flow-control windows of client connections, each way, per call and per connection (hyper's
+/// defaults).
 const WINDOW: u32 = 1 << 20;
-/// Largest header block accepted from clients and replicas.
+/// Largest header block accepted from clients (a replica's answer head is limited as a REST
+/// answer's, `h1::MAX_HEAD_BYTES`).
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Calls a client may have open at once on one connection (hyper's default; each may hold a
 /// message of up to `grpc_max_message_bytes` in the router).
@@ -490,7 +492,10 @@ async fn send(
     let outgoing = Outgoing {
         request: upstream_call(parts, replica, framed),
         head_request: false,
-        limit: handle.config().grpc_max_message_bytes + PREFIX,
+        limit: handle
+            .config()
+            .grpc_max_message_bytes
+            .saturating_add(PREFIX),
     };
     let socket = replica.endpoint.data_socket.as_deref();
     let answer = attempt(handle, upstreams, replica.endpoint.grpc, socket, &outgoing).await?;
