@@ -1,8 +1,9 @@
 //! HTTP/1.1 connections from the router to replicas, for REST requests and gRPC calls alike
 //! (a gRPC call goes to the replica's gRPC listener as an HTTP/1.1 request whose answer carries
-//! its status in chunked trailers), and [`attempt`]: one request/answer exchange with a
-//! replica on such a connection. [`Stream`] is a connection to a replica over TCP or its Unix
-//! socket.
+//! its status in chunked trailers); [`attempt`], one request/answer exchange with a replica on
+//! such a connection, and [`with_retry`], which sends once more to another replica when one
+//! gave no answer or only part of one. [`Stream`] is a connection to a replica over TCP or its
+//! Unix socket.
 //!
 //! Each client connection keeps the replica connections it used ([`Upstreams`]): the next
 //! request to the same replica goes out on the same socket from the same task, with no
