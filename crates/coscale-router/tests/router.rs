@@ -1065,6 +1065,49 @@ async fn a_grpc_message_over_the_limit_is_refused_and_not_forwarded() {
     router.shutdown().await;
 }
 
+/// A replica's answer larger than the router's message limit is not passed on: the client gets
+/// UNAVAILABLE saying why, and the call is not sent to the other replica (the answer came).
+#[tokio::test]
+async fn a_grpc_answer_over_the_limit_is_refused_and_not_retried() {
+    let (first, http_1, grpc_1) = start_agent("first", Mode::Ok).await;
+    let (second, http_2, grpc_2) = start_agent("second", Mode::Ok).await;
+    let config = RouterConfig {
+        grpc_max_message_bytes: 1024,
+        ..RouterConfig::default()
+    };
+    let router = TestRouter::start(
+        config,
+        table(vec![(
+            "m",
+            vec![
+                endpoint("s", 0, 1, http_1, grpc_1),
+                endpoint("s", 1, 1, http_2, grpc_2),
+            ],
+        )]),
+    )
+    .await;
+    let mut client = router.grpc_client().await;
+    // A request of exactly the limit; the fake agents' answer echoes it and adds their name.
+    let request = ModelInferRequest {
+        model_name: "m".into(),
+        raw_input_contents: vec![vec![0; 1018]],
+        ..Default::default()
+    };
+    assert_eq!(prost::Message::encoded_len(&request), 1024);
+    let status = client.model_infer(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("larger than the limit"),
+        "{status:?}"
+    );
+    assert_eq!(first.seen().len() + second.seen().len(), 1, "not retried");
+    assert_eq!(
+        metric_value(&router.metrics().await, "coscale_router_retries_total"),
+        Some(0.0)
+    );
+    router.shutdown().await;
+}
+
 #[tokio::test]
 async fn stopping_lets_a_grpc_call_in_flight_finish() {
     let (agent, mut router) = one_agent_router("a", Mode::Hold).await;
