@@ -2,15 +2,15 @@
 # A/B data-plane comparison of builds or settings. Each VARIANT is started once: the runtime
 # alone (`coscale runtime`) or the platform (`coscale up` with a 1-replica builtin Server holding
 # iris and iris-mlp, load through the router), each with its own binary and environment. Then
-# wrk (V2 REST) or, with --protocol grpc, h2load (V2 gRPC ModelInfer, one call at a time per
-# connection) loads them in turns, every variant once per round in the order given, so that they see the
+# wrk (V2 REST) or, with --protocol grpc, h2load (V2 gRPC ModelInfer, --streams calls at a
+# time per connection, default 1) loads them in turns, every variant once per round in the order given, so that they see the
 # same machine; a run during which the hypervisor took more than --steal-limit % of a core
 # ("steal" in /proc/stat) is repeated, up to 3 runs. Per variant, medians over the rounds of
 # req/s, p50, CPU per request (utime+stime of its processes / requests), context switches per
 # request, and req/s in % of the first variant (taken per round).
 #
 # Usage: bench/ab.sh [--model iris-mlp] [--conns 64] [--duration 3] [--rounds 5]
-#                    [--protocol rest|grpc] [--steal-limit 5] [--out FILE] VARIANT...
+#                    [--protocol rest|grpc] [--streams 1] [--steal-limit 5] [--out FILE] VARIANT...
 #   VARIANT = KIND/NAME[:VAR=VALUE,...]: KIND is rt or up; VAR=VALUE are environment variables
 #   of that variant's processes (e.g. COSCALE_ROUTER_THREADS=1); BIN=PATH runs another coscale
 #   binary (e.g. a copy of an older build).
@@ -25,6 +25,7 @@ CONNS=64
 DURATION=3
 ROUNDS=5
 PROTOCOL=rest
+STREAMS=1
 STEAL_LIMIT=5
 STEAL_TRIES=3
 OUT=""
@@ -36,6 +37,7 @@ while (($#)); do
         --duration) DURATION="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
         --protocol) PROTOCOL="$2"; shift 2 ;;
+        --streams) STREAMS="$2"; shift 2 ;;
         --steal-limit) STEAL_LIMIT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
@@ -122,7 +124,7 @@ run_load() { # name seconds → one RESULT line (bench/lib.sh)
     if [[ "$PROTOCOL" == rest ]]; then
         bench_wrk "${URL[$1]}" "$MODEL" "$CONNS" "$2"
     else
-        bench_h2load "${URL[$1]}" "$BODY_FILE" "$CONNS" "$2" 1 "${OK_BYTES[$1]}"
+        bench_h2load "${URL[$1]}" "$BODY_FILE" "$CONNS" "$2" "$STREAMS" "${OK_BYTES[$1]}"
     fi
 }
 for name in "${NAMES[@]}"; do run_load "$name" 2 >/dev/null; done
@@ -154,8 +156,8 @@ report() {
     if [[ "$PROTOCOL" == rest ]]; then
         printf 'V2 REST infer of %s, wrk %s' "$MODEL" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
     else
-        printf 'V2 gRPC ModelInfer of %s, h2load %s (one call at a time per connection)' \
-            "$MODEL" "$(h2load --version | awk 'NR == 1 { print $2 }')"
+        printf 'V2 gRPC ModelInfer of %s, h2load %s (%s call(s) at a time per connection)' \
+            "$MODEL" "$(h2load --version | awk 'NR == 1 { print $2 }')" "$STREAMS"
     fi
     printf ', %s connections, threads = min(conns, 2), %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
         "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
