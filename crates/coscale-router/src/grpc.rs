@@ -471,11 +471,16 @@ struct Upstream {
 
 impl Upstream {
     /// The answer's `grpc-status`: in the trailers, or in the head of a trailers-only answer.
-    fn code(&self) -> Code {
+    fn status(&self) -> Option<&HeaderValue> {
         self.trailers
             .as_ref()
             .and_then(|t| t.get("grpc-status"))
             .or_else(|| self.head.headers.get("grpc-status"))
+    }
+
+    /// The answer's gRPC status code (`Unknown` when it has none or a malformed one).
+    fn code(&self) -> Code {
+        self.status()
             .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
             .map_or(Code::Unknown, Code::from_i32)
     }
@@ -573,11 +578,20 @@ fn replied(answer: upstream::Answer) -> Result<Upstream, Failure> {
                 .append(name, value);
         }
     }
-    Ok(Upstream {
+    let replied = Upstream {
         head: head.into_parts().0,
         message: answer.body,
         trailers,
-    })
+    };
+    // A gRPC answer (HTTP 200) ends with a status; without one the client could only guess.
+    if status == StatusCode::OK && replied.status().is_none() {
+        return Err(broken(
+            "has no grpc-status, in its head or its trailers (an agent older than the router, \
+             which does not name its trailers over HTTP/1.1?)"
+                .to_owned(),
+        ));
+    }
+    Ok(replied)
 }
 
 #[cfg(test)]
@@ -696,6 +710,23 @@ mod tests {
                 matches!(replied(bad), Err(Failure::Broken(ref m)) if m.contains("trailer") || m.contains("HTTP/2")),
             );
         }
+    }
+
+    #[test]
+    fn a_grpc_answer_without_a_status_is_broken_and_an_http_error_passes() {
+        let no_status = answer(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ncontent-length: 5\r\n\r\n",
+            b"\0\0\0\0\0",
+            &[],
+        );
+        assert!(
+            matches!(replied(no_status), Err(Failure::Broken(ref m)) if m.contains("no grpc-status")),
+        );
+        let http_error = answer("HTTP/1.1 503 Service Unavailable\r\n\r\n", b"", &[]);
+        let Ok(http_error) = replied(http_error) else {
+            panic!("an HTTP error passes to the client as it came")
+        };
+        assert_eq!(http_error.head.status, StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
