@@ -101,10 +101,10 @@ pub(crate) enum Failure {
     TimedOut,
     /// Nothing came back: retried on another replica.
     NoAnswer(String),
-    /// The replica's connection (or, over HTTP/2, the call's stream) failed in the middle of
-    /// its answer, as when the replica's process dies: retried on another replica too. The
-    /// router forwards an answer only once it has it whole, so nothing has reached the client;
-    /// the first replica may have run the inference, and running it again has no other effect.
+    /// The replica's connection failed in the middle of its answer, as when the replica's
+    /// process dies: retried on another replica too. The router forwards an answer only once it
+    /// has it whole, so nothing has reached the client; the first replica may have run the
+    /// inference, and running it again has no other effect.
     CutOff(String),
     /// The replica answered something that cannot be forwarded (malformed, larger than the
     /// router's limit, a protocol switch): not retried, its connection was fine and another

@@ -76,12 +76,11 @@ impl RouterHandle {
         &self.inner.metrics
     }
 
-    /// Idle REST connections to replicas.
+    /// Idle HTTP/1.1 connections to replicas (REST and gRPC listeners).
     pub(crate) fn pool(&self) -> &Pool<Upstream> {
         &self.inner.pool
     }
 
-    /// Idle HTTP/2 connections to replicas' gRPC listeners.
     /// The state, switched to the newest published table first.
     fn state(&self) -> MutexGuard<'_, RouterState> {
         let newest = self.inner.table.borrow().clone();

@@ -6,7 +6,8 @@
 //! the router finds the model by name (URL path / `model_name`, or the `seldon-model` header /
 //! metadata, which wins like in Seldon Core 2), picks a replica from the control plane's routing
 //! table with least outstanding requests first ([`RouterState`]), and forwards the request bytes
-//! adding `seldon-model` and `seldon-internal-model: <model>_<version>`. A replica that fails
+//! adding `seldon-model` and `seldon-internal-model: <model>_<version>`, over HTTP/1.1 for both
+//! (a gRPC call's status then comes back in chunked trailers). A replica that fails
 //! before answering, or in the middle of its answer (the router forwards answers only once it
 //! has them whole), is retried once on another replica.
 //!

@@ -1,7 +1,6 @@
-//! [`Pool`]: idle connections to replicas, shared by all client connections. The REST front end
-//! pools its replica connections ([`crate::upstream::Upstream`]), the gRPC one its HTTP/2
-//! connections with their drivers; a client connection that ends leaves its connections here and
-//! a new one takes them, instead of opening its own.
+//! [`Pool`]: idle connections to replicas ([`crate::upstream::Upstream`], REST and gRPC alike),
+//! shared by all client connections: a client connection that ends leaves its connections here
+//! and a new one takes them, instead of opening its own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
