@@ -40,14 +40,17 @@ ROWS="$BENCH_TMP/rows.tsv"
 NOTES="$BENCH_TMP/notes.txt"
 : >"$NOTES"
 
-# row WHAT PROCESS PID TARGET_MIB: records VmRSS and VmHWM of PID after SETTLE seconds.
+# row WHAT PROCESS PID TARGET_MIB: records VmRSS, VmHWM and the anonymous and file-backed parts
+# of VmRSS (RssAnon, RssFile) of PID after SETTLE seconds.
 row() {
     sleep "$SETTLE"
-    local rss hwm
+    local rss hwm anon file
     rss="$(bench_status_kib "$3" VmRSS)"
     hwm="$(bench_status_kib "$3" VmHWM)"
-    bench_log "$1 / $2 (pid $3): VmRSS $(bench_mib "$rss") MiB, VmHWM $(bench_mib "$hwm") MiB"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rss" "$hwm" "${4:-}" >>"$ROWS"
+    anon="$(bench_status_kib "$3" RssAnon)"
+    file="$(bench_status_kib "$3" RssFile)"
+    bench_log "$1 / $2 (pid $3): VmRSS $(bench_mib "$rss") MiB (anon $(bench_mib "$anon"), file $(bench_mib "$file")), VmHWM $(bench_mib "$hwm") MiB"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rss" "$hwm" "${4:-}" "$anon" "$file" >>"$ROWS"
 }
 
 model_doc() { # name requirement storage-path
@@ -137,14 +140,14 @@ done
 
 report() {
     bench_header "Memory benchmark" "$CMD"
-    printf 'RSS read from /proc/PID/status (VmRSS; VmHWM = peak) %s s after each state was reached.\n\n' "$SETTLE"
-    echo "| state | process | VmRSS (MiB) | VmHWM (MiB) | target | verdict |"
-    echo "|---|---|---:|---:|---:|---|"
+    printf 'RSS read from /proc/PID/status (VmRSS; VmHWM = peak) %s s after each state was reached. VmRSS = RssAnon (heap, stacks: what the process allocated) + RssFile (pages of the executable and libraries mapped in, which depends on the page cache: the same binary can show a few MiB more or less from run to run) + RssShmem.\n\n' "$SETTLE"
+    echo "| state | process | VmRSS (MiB) | of which anonymous | of which file-backed | VmHWM (MiB) | target | verdict |"
+    echo "|---|---|---:|---:|---:|---:|---:|---|"
     awk -F'\t' '{
-        rss = $3 / 1024; hwm = $4 / 1024
+        rss = $3 / 1024; hwm = $4 / 1024; anon = $6 / 1024; file = $7 / 1024
         target = ($5 == "") ? "–" : ("< " $5 " MiB")
         verdict = ($5 == "") ? "reference" : ((rss < $5) ? "met" : "not met")
-        printf "| %s | %s | %.1f | %.1f | %s | %s |\n", $1, $2, rss, hwm, target, verdict
+        printf "| %s | %s | %.1f | %.1f | %.1f | %.1f | %s | %s |\n", $1, $2, rss, anon, file, hwm, target, verdict
     }' "$ROWS"
     echo
     sed 's/^/- /' "$NOTES"
