@@ -335,8 +335,9 @@ async fn a_call_to_another_service_or_method_is_unimplemented() {
 
 /// A call still waiting when its `grpc-timeout` passes (here for the rest of its request body,
 /// which never comes) is answered DEADLINE_EXCEEDED (4) by the server, as tonic's own server
-/// does; the same call sent whole within its deadline is answered. (As with tonic's server, an
-/// inference already running on its worker is not interrupted.)
+/// does, over HTTP/2 and HTTP/1.1 alike; the same call sent whole within its deadline is
+/// answered. (As with tonic's server, an inference already running on its worker is not
+/// interrupted.)
 #[tokio::test]
 async fn a_call_past_its_grpc_timeout_is_deadline_exceeded() {
     use http_body_util::BodyExt;
@@ -347,21 +348,26 @@ async fn a_call_past_its_grpc_timeout_is_deadline_exceeded() {
         .encode_to_vec();
     let infer = "/inference.GRPCInferenceService/ModelInfer";
 
-    let (more, rest) = tokio::sync::mpsc::channel(1);
-    let whole_message = framed(&message);
-    let half = whole_message.slice(..whole_message.len() / 2);
-    more.send(Ok(hyper::body::Frame::data(half))).await.unwrap();
-    let stalled =
-        http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rest));
-    let late = raw_call(addr, infer, stalled.boxed(), &[("grpc-timeout", "50m")]);
-    let late = tokio::time::timeout(std::time::Duration::from_secs(30), late)
-        .await
-        .expect("the server answered the stalled call");
-    assert_eq!(late, "4", "DEADLINE_EXCEEDED");
-    drop(more);
+    // Over HTTP/2 as clients call, and over HTTP/1.1 as the router calls a replica.
+    for version in [http::Version::HTTP_2, http::Version::HTTP_11] {
+        let (more, rest) = tokio::sync::mpsc::channel(1);
+        let whole_message = framed(&message);
+        let half = whole_message.slice(..whole_message.len() / 2);
+        more.send(Ok(hyper::body::Frame::data(half))).await.unwrap();
+        let stalled =
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rest));
+        let deadline = [("grpc-timeout", "50m")];
+        let late = raw_call_over(version, addr, infer, stalled.boxed(), &deadline);
+        let late = tokio::time::timeout(std::time::Duration::from_secs(30), late)
+            .await
+            .expect("the server answered the stalled call");
+        assert_eq!(late.status, "4", "DEADLINE_EXCEEDED over {version:?}");
+        drop(more);
 
-    let in_time = raw_call(addr, infer, whole(&message), &[("grpc-timeout", "10S")]).await;
-    assert_eq!(in_time, "0");
+        let in_time = [("grpc-timeout", "10S")];
+        let answer = raw_call_over(version, addr, infer, whole(&message), &in_time).await;
+        assert_eq!(answer.status, "0", "{version:?}");
+    }
 }
 
 /// Over HTTP/1.1, as the router calls a replica, a call is answered as over HTTP/2: the message
