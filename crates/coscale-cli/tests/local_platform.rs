@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use coscale_api::v2::{InferRequest, TensorData};
-use coscale_cli::infer::V2Client;
+use coscale_cli::infer::{InferFailure, V2Client};
 use support::*;
 
 fn iris() -> (InferRequest, Vec<u8>) {
@@ -363,6 +363,39 @@ async fn bad_requests_get_v2_errors_that_say_what_is_wrong() {
     );
     let r = post("iris", big.into()).await.unwrap();
     check(r.status().as_u16(), &r.text().await.unwrap(), 413, "");
+
+    // The same over gRPC: the router's own refusals, and the replica's, which reach the router
+    // as trailers-only HTTP/1.1 answers and the client as gRPC statuses with the reason.
+    let mut grpc = V2Client::grpc(&up.endpoints.router_grpc).await.unwrap();
+    let call = |json: &str| InferRequest::from_json(json.as_bytes(), None).unwrap();
+    for (model, json, code, reason) in [
+        ("nope", IRIS_REQUEST, "NotFound", "nope"),
+        (
+            "needs-sklearn",
+            IRIS_REQUEST,
+            "Unavailable",
+            "no available replica",
+        ),
+        ("iris", wrong_shape, "InvalidArgument", "input"),
+        ("iris", wrong_type, "InvalidArgument", "INT32"),
+    ] {
+        match grpc.infer(model, &call(json), &[]).await {
+            Err(InferFailure::Grpc { code: got, message }) => {
+                assert_eq!(got, code, "{model}: {message}");
+                assert!(
+                    message.contains(reason),
+                    "{message:?} should mention {reason:?}"
+                );
+            }
+            other => panic!("{model} over gRPC: {other:?}"),
+        }
+    }
+    // The connection still serves a good call.
+    let (req, body) = iris();
+    assert_eq!(
+        labels(&grpc.infer("iris", &req, &body).await.unwrap()),
+        vec![0, 2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
