@@ -515,26 +515,15 @@ fn upstream_call(parts: &http::request::Parts, replica: &Replica, framed: &[u8])
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path(), |p| p.as_str());
-    let fields: usize = parts
+    let forwarded = parts
         .headers
         .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    let mut out = Vec::with_capacity(256 + target.len() + fields + framed.len());
-    out.extend_from_slice(b"POST ");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        let ours = name == SELDON_MODEL || name == SELDON_INTERNAL_MODEL;
-        if !ours && !h1::is_always_hop_by_hop(name.as_str().as_bytes()) {
-            h1::put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    out.extend_from_slice(replica.grpc_fields.as_bytes());
-    h1::put_content_length(&mut out, framed.len() as u64);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(framed);
-    out
+        .filter(|(name, _)| {
+            let ours = *name == SELDON_MODEL || *name == SELDON_INTERNAL_MODEL;
+            !ours && !h1::is_always_hop_by_hop(name.as_str().as_bytes())
+        })
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+    h1::encode_request("POST", target, forwarded, &replica.grpc_fields, framed)
 }
 
 /// The replica's HTTP/1.1 answer as an HTTP/2 one: its status, its fields but the hop-by-hop

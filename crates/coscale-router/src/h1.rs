@@ -520,6 +520,33 @@ pub(crate) fn is_always_hop_by_hop(name: &[u8]) -> bool {
         .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
+/// A request to a replica as it goes on the wire: `method target HTTP/1.1`, the forwarded
+/// `fields` (already filtered by the caller), the router's own field lines `ours` (each ending in
+/// CRLF), Content-Length, and `body`.
+pub(crate) fn encode_request<'a>(
+    method: &str,
+    target: &str,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ours: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + target.len());
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in fields {
+        put_field(&mut out, name, value);
+    }
+    // Grown (if at all) while it holds only the head, never with the body in it.
+    out.reserve(ours.len() + 32 + body.len());
+    out.extend_from_slice(ours.as_bytes());
+    put_content_length(&mut out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 /// Appends `name: value\r\n`.
 pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);

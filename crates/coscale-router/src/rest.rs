@@ -524,32 +524,14 @@ async fn send(
 /// The request as the replica gets it: same method, target, fields and body, with the
 /// hop-by-hop fields replaced and `host`, `seldon-model` and `seldon-internal-model` set.
 fn upstream_request(head: &RequestHead, replica: &Replica, body: &[u8]) -> Vec<u8> {
-    let target = head.origin_target();
-    let mut out = Vec::with_capacity(
-        256 + head
-            .fields
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 4)
-            .sum::<usize>()
-            + body.len(),
-    );
-    out.extend_from_slice(head.method().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in head.fields.iter() {
+    let forwarded = head.fields.iter().filter(|(name, _)| {
         let ours = name.eq_ignore_ascii_case(SELDON_MODEL.as_bytes())
             || name.eq_ignore_ascii_case(SELDON_INTERNAL_MODEL.as_bytes())
             || name.eq_ignore_ascii_case(b"expect");
-        if !ours && !h1::is_hop_by_hop(name, &head.fields) {
-            h1::put_field(&mut out, name, value);
-        }
-    }
-    out.extend_from_slice(replica.rest_fields.as_bytes());
-    h1::put_content_length(&mut out, body.len() as u64);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+        !ours && !h1::is_hop_by_hop(name, &head.fields)
+    });
+    let (method, target) = (head.method(), head.origin_target());
+    h1::encode_request(method, target, forwarded, &replica.rest_fields, body)
 }
 
 /// The replica's answer for the client. Non-JSON error answers (e.g. MLServer's plain-text
