@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A/B data-plane comparison of builds or settings. Each VARIANT is started once: the runtime
-# alone (`coscale runtime`) or the platform (`coscale up` with a 1-replica builtin Server holding
-# iris and iris-mlp, load through the router), each with its own binary and environment. Then
+# A/B data-plane comparison of builds, settings or proxies. Each VARIANT is started once: the
+# runtime alone (`coscale runtime`), the platform (`coscale up` with a 1-replica builtin Server
+# holding iris and iris-mlp, load through the router), or a proxy in front of a runtime of its
+# own (nginx as in bench/dataplane.sh, or HAProxy in TCP mode: a layer-4 hop that parses
+# nothing), each with its own binary and environment. Then
 # wrk (V2 REST) or, with --protocol grpc, h2load (V2 gRPC ModelInfer, --streams calls at a
 # time per connection, default 1) loads them in turns, every variant once per round in the order given, so that they see the
 # same machine; a run during which the hypervisor took more than --steal-limit % of a core
@@ -11,10 +13,12 @@
 #
 # Usage: bench/ab.sh [--model iris-mlp] [--conns 64] [--duration 3] [--rounds 5]
 #                    [--protocol rest|grpc] [--streams 1] [--steal-limit 5] [--out FILE] VARIANT...
-#   VARIANT = KIND/NAME[:VAR=VALUE,...]: KIND is rt or up; VAR=VALUE are environment variables
-#   of that variant's processes (e.g. COSCALE_ROUTER_THREADS=1); BIN=PATH runs another coscale
-#   binary (e.g. a copy of an older build).
-# Example: bench/ab.sh rt/direct up/shared up/one-thread:COSCALE_ROUTER_THREADS=1
+#   VARIANT = KIND/NAME[:VAR=VALUE,...]: KIND is rt, up, nginx or haproxy; VAR=VALUE are
+#   environment variables of that variant's processes (e.g. COSCALE_ROUTER_THREADS=1); BIN=PATH
+#   runs another coscale binary (e.g. a copy of an older build). A proxy's CPU counts the proxy's
+#   processes and its runtime, as coscale's counts `coscale up` and the agent.
+# Examples: bench/ab.sh rt/direct up/shared up/one-thread:COSCALE_ROUTER_THREADS=1
+#           bench/ab.sh --conns 8 rt/direct nginx/nginx haproxy/l4 up/coscale
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -40,7 +44,7 @@ while (($#)); do
         --streams) STREAMS="$2"; shift 2 ;;
         --steal-limit) STEAL_LIMIT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         -*) bench_die "unknown option $1 (see --help)" ;;
         *) VARIANTS+=("$1"); shift ;;
     esac
@@ -56,6 +60,8 @@ done
 
 bench_init
 bench_need wrk wrk curl curl jq jq
+[[ " ${VARIANTS[*]}" != *" nginx/"* ]] || bench_need nginx nginx-light
+[[ " ${VARIANTS[*]}" != *" haproxy/"* ]] || bench_need haproxy haproxy
 [[ "$PROTOCOL" == rest ]] || bench_need h2load nghttp2-client python3 python3
 bench_build
 CLK_TCK="$(getconf CLK_TCK)"
@@ -76,7 +82,8 @@ ctx_switches() {
 declare -A URL PIDS OK_BYTES
 NAMES=()
 for v in "${VARIANTS[@]}"; do
-    [[ "$v" =~ ^(rt|up)/([A-Za-z0-9._-]+)(:(.*))?$ ]] || bench_die "variant '$v' is not KIND/NAME[:VAR=VALUE,...] with KIND rt or up"
+    [[ "$v" =~ ^(rt|up|nginx|haproxy)/([A-Za-z0-9._-]+)(:(.*))?$ ]] ||
+        bench_die "variant '$v' is not KIND/NAME[:VAR=VALUE,...] with KIND rt, up, nginx or haproxy"
     kind="${BASH_REMATCH[1]}" name="${BASH_REMATCH[2]}" settings="${BASH_REMATCH[4]}"
     [[ -z "${URL[$name]:-}" ]] || bench_die "two variants are named $name"
     envs=()
@@ -90,10 +97,21 @@ for v in "${VARIANTS[@]}"; do
         trap '(($? == 0)) || bench_stop' EXIT
         for e in "${envs[@]}"; do export "${e?}"; done
         [[ -x "$BIN" ]] || bench_die "variant $name: no executable $BIN"
-        if [[ "$kind" == rt ]]; then
+        if [[ "$kind" != up ]]; then
             http="$(bench_free_port)" grpc="$(bench_free_port)"
             bench_runtime "$http" "$grpc" iris iris-mlp
-            printf '%s\n%s\n%s\n' "http://127.0.0.1:$http" "http://127.0.0.1:$grpc" "$RT_PID" >"$BENCH_TMP/$name.started"
+            case "$kind" in
+                rt) urls=("http://127.0.0.1:$http" "http://127.0.0.1:$grpc") pids="$RT_PID" ;;
+                nginx)
+                    bench_nginx "$http" "$grpc"
+                    urls=("http://127.0.0.1:$NGX_PORT" "http://127.0.0.1:$NGX_GRPC_PORT")
+                    pids="$NGX_MASTER $NGX_WORKER $RT_PID" ;;
+                haproxy)
+                    bench_haproxy "$http" "$grpc"
+                    urls=("http://127.0.0.1:$HAP_PORT" "http://127.0.0.1:$HAP_GRPC_PORT")
+                    pids="$HAP_PID $RT_PID" ;;
+            esac
+            printf '%s\n%s\n%s\n' "${urls[@]}" "$pids" >"$BENCH_TMP/$name.started"
         else
             bench_up "$BENCH_TMP/up-$name" "$BENCH_TMP/bench.yaml"
             bench_wait_servers "$BENCH_TMP/up-$name" 60
@@ -159,6 +177,8 @@ report() {
         printf 'V2 gRPC ModelInfer of %s, h2load %s (%s call(s) at a time per connection)' \
             "$MODEL" "$(h2load --version | awk 'NR == 1 { print $2 }')" "$STREAMS"
     fi
+    [[ " ${VARIANTS[*]}" != *" nginx/"* ]] || printf '; nginx %s (1 worker, keepalive upstream)' "$(nginx -v 2>&1 | sed 's|.*/||')"
+    [[ " ${VARIANTS[*]}" != *" haproxy/"* ]] || printf '; HAProxy %s (TCP mode, 1 thread)' "$(haproxy -v | awk 'NR == 1 { print $3 }')"
     printf ', %s connections, threads = min(conns, 2), %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
         "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
     for v in "${VARIANTS[@]}"; do printf -- '- `%s`\n' "$v"; done

@@ -76,56 +76,7 @@ bench_runtime "$RT_HTTP" "$RT_GRPC" iris iris-mlp
 bench_log "runtime pid $RT_PID on 127.0.0.1:$RT_HTTP"
 
 # (b) nginx as a plain reverse proxy in front of the same runtime
-NGX_PORT="$(bench_free_port)"
-NGX_GRPC_PORT="$(bench_free_port)"
-NGX_DIR="$BENCH_TMP/nginx"
-mkdir -p "$NGX_DIR"
-cat >"$NGX_DIR/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $NGX_DIR/nginx.pid;
-error_log $NGX_DIR/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    # Connections stay open for the whole run, as coscale's do (the default closes a client
-    # connection after 1,000 requests; h2load does not reconnect).
-    keepalive_requests 100000000;
-    client_body_temp_path $NGX_DIR/body;
-    proxy_temp_path $NGX_DIR/proxy;
-    upstream runtime {
-        server 127.0.0.1:$RT_HTTP;
-        keepalive 128;
-        keepalive_requests 100000000;
-    }
-    server {
-        listen 127.0.0.1:$NGX_PORT;
-        location / {
-            proxy_pass http://runtime;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-    upstream runtime_grpc {
-        server 127.0.0.1:$RT_GRPC;
-        keepalive 128;
-        keepalive_requests 100000000;
-    }
-    server {
-        listen 127.0.0.1:$NGX_GRPC_PORT http2;
-        location / {
-            grpc_pass grpc://runtime_grpc;
-        }
-    }
-}
-EOF
-nginx -t -q -p "$NGX_DIR" -c "$NGX_DIR/nginx.conf"
-nginx -p "$NGX_DIR" -c "$NGX_DIR/nginx.conf" >"$NGX_DIR/stdout.log" 2>&1 &
-NGX_MASTER=$!
-bench_track "$NGX_MASTER"
-bench_wait_http "http://127.0.0.1:$NGX_PORT/v2/health/ready" 15 "$NGX_MASTER"
-NGX_WORKER="$(pgrep -P "$NGX_MASTER" | head -1)"
-[[ -n "$NGX_WORKER" ]] || bench_die "no nginx worker under master $NGX_MASTER"
+bench_nginx "$RT_HTTP" "$RT_GRPC"
 bench_log "nginx master $NGX_MASTER worker $NGX_WORKER on 127.0.0.1:$NGX_PORT"
 
 # (c) coscale: control plane + router, one server replica holding both models

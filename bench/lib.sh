@@ -250,6 +250,92 @@ bench_runtime() {
     bench_wait_http "http://127.0.0.1:$http/v2/health/ready" 30 "$RT_PID"
 }
 
+# nginx as a plain reverse proxy (1 worker, keepalive upstream, no access log; grpc_pass for
+# gRPC) in front of a runtime: bench_nginx RT_HTTP RT_GRPC sets NGX_PORT, NGX_GRPC_PORT,
+# NGX_MASTER and NGX_WORKER.
+bench_nginx() {
+    local dir="$BENCH_TMP/nginx-$1"
+    NGX_PORT="$(bench_free_port)" NGX_GRPC_PORT="$(bench_free_port)"
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    # Connections stay open for the whole run, as coscale's do (the default closes a client
+    # connection after 1,000 requests; h2load does not reconnect).
+    keepalive_requests 100000000;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    upstream runtime {
+        server 127.0.0.1:$1;
+        keepalive 128;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location / {
+            proxy_pass http://runtime;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    upstream runtime_grpc {
+        server 127.0.0.1:$2;
+        keepalive 128;
+        keepalive_requests 100000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_GRPC_PORT http2;
+        location / {
+            grpc_pass grpc://runtime_grpc;
+        }
+    }
+}
+EOF
+    nginx -t -q -p "$dir" -c "$dir/nginx.conf"
+    nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
+    NGX_MASTER=$!
+    bench_track "$NGX_MASTER"
+    bench_wait_http "http://127.0.0.1:$NGX_PORT/v2/health/ready" 15 "$NGX_MASTER"
+    NGX_WORKER="$(pgrep -P "$NGX_MASTER" | head -1)"
+    [[ -n "$NGX_WORKER" ]] || bench_die "no nginx worker under master $NGX_MASTER"
+}
+
+# HAProxy in TCP mode (layer 4: each client connection gets its own connection to the runtime
+# and the bytes are copied both ways, nothing parsed; one thread) in front of a runtime, the
+# cheapest kind of proxy hop there is: bench_haproxy RT_HTTP RT_GRPC sets HAP_PORT,
+# HAP_GRPC_PORT and HAP_PID.
+bench_haproxy() {
+    local dir="$BENCH_TMP/haproxy-$1"
+    HAP_PORT="$(bench_free_port)" HAP_GRPC_PORT="$(bench_free_port)"
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+listen rest
+    bind 127.0.0.1:$HAP_PORT
+    server runtime 127.0.0.1:$1
+listen grpc
+    bind 127.0.0.1:$HAP_GRPC_PORT
+    server runtime 127.0.0.1:$2
+EOF
+    haproxy -c -q -f "$dir/haproxy.cfg"
+    haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+    HAP_PID=$!
+    bench_track "$HAP_PID"
+    bench_wait_http "http://127.0.0.1:$HAP_PORT/v2/health/ready" 15 "$HAP_PID"
+}
+
 # --- load generators (each prints one line:
 #   RESULT requests=N duration_us=N rps=X p50_us=X p99_us=X mean_us=X errors=N non2xx=N) ---
 
