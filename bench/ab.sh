@@ -11,8 +11,9 @@
 # req/s, p50, CPU per request (utime+stime of its processes / requests), context switches per
 # request, and req/s in % of the first variant (taken per round).
 #
-# Usage: bench/ab.sh [--model iris-mlp] [--conns 64] [--duration 3] [--rounds 5]
+# Usage: bench/ab.sh [--model iris-mlp] [--conns 64] [--duration 3] [--rounds 5] [--rows 1]
 #                    [--protocol rest|grpc] [--streams 1] [--steal-limit 5] [--out FILE] VARIANT...
+#   --rows N: rows of 4 features in each request (one by default, as bench/dataplane.sh sends).
 #   VARIANT = KIND/NAME[:VAR=VALUE,...]: KIND is rt, up, nginx or haproxy; VAR=VALUE are
 #   environment variables of that variant's processes (e.g. COSCALE_ROUTER_THREADS=1); BIN=PATH
 #   runs another coscale binary (e.g. a copy of an older build). A proxy's CPU counts the proxy's
@@ -30,6 +31,7 @@ DURATION=3
 ROUNDS=5
 PROTOCOL=rest
 STREAMS=1
+ROWS=1
 STEAL_LIMIT=5
 STEAL_TRIES=3
 OUT=""
@@ -42,17 +44,20 @@ while (($#)); do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --protocol) PROTOCOL="$2"; shift 2 ;;
         --streams) STREAMS="$2"; shift 2 ;;
+        --rows) ROWS="$2"; shift 2 ;;
         --steal-limit) STEAL_LIMIT="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         -*) bench_die "unknown option $1 (see --help)" ;;
         *) VARIANTS+=("$1"); shift ;;
     esac
 done
 ((${#VARIANTS[@]} >= 1)) || bench_die "name at least one variant (see --help)"
-for n in "$CONNS" "$DURATION" "$ROUNDS"; do
-    [[ "$n" =~ ^[1-9][0-9]*$ ]] || bench_die "--conns, --duration and --rounds want whole numbers of at least 1, not '$n'"
+for n in "$CONNS" "$DURATION" "$ROUNDS" "$ROWS"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || bench_die "--conns, --duration, --rounds and --rows want whole numbers of at least 1, not '$n'"
 done
+# Read by bench/infer.lua (wrk) and bench_grpc_bodies.
+export BENCH_ROWS="$ROWS"
 [[ "$STEAL_LIMIT" =~ ^[0-9]+$ ]] || bench_die "--steal-limit wants a whole percentage, not '$STEAL_LIMIT'"
 [[ "$MODEL" == iris || "$MODEL" == iris-mlp ]] || bench_die "--model wants iris or iris-mlp, not '$MODEL'"
 [[ "$PROTOCOL" == rest || "$PROTOCOL" == grpc ]] || bench_die "--protocol wants rest or grpc, not '$PROTOCOL'"
@@ -172,10 +177,10 @@ done
 report() {
     bench_header "A/B data-plane comparison" "$CMD"
     if [[ "$PROTOCOL" == rest ]]; then
-        printf 'V2 REST infer of %s, wrk %s' "$MODEL" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
+        printf 'V2 REST infer of %s (%s×4 FP32), wrk %s' "$MODEL" "$ROWS" "$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }')"
     else
-        printf 'V2 gRPC ModelInfer of %s, h2load %s (%s call(s) at a time per connection)' \
-            "$MODEL" "$(h2load --version | awk 'NR == 1 { print $2 }')" "$STREAMS"
+        printf 'V2 gRPC ModelInfer of %s (%s×4 FP32), h2load %s (%s call(s) at a time per connection)' \
+            "$MODEL" "$ROWS" "$(h2load --version | awk 'NR == 1 { print $2 }')" "$STREAMS"
     fi
     [[ " ${VARIANTS[*]}" != *" nginx/"* ]] || printf '; nginx %s (1 worker, keepalive upstream)' "$(nginx -v 2>&1 | sed 's|.*/||')"
     [[ " ${VARIANTS[*]}" != *" haproxy/"* ]] || printf '; HAProxy %s (TCP mode, 1 thread)' "$(haproxy -v | awk 'NR == 1 { print $3 }')"

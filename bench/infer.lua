@@ -1,8 +1,13 @@
 -- wrk script for the data-plane benchmark: POSTs one V2 inference request (the model is in the
--- URL path given to wrk) and prints one parseable line at the end:
+-- URL path given to wrk) of BENCH_ROWS rows (default 1) of one 4-feature FP32 row, and prints
+-- one parseable line at the end:
 --   RESULT requests=N duration_us=N rps=X p50_us=X p99_us=X mean_us=X errors=N non2xx=N
+local rows = tonumber(os.getenv("BENCH_ROWS") or "1")
+local data = {}
+for i = 1, rows do data[i] = "6.7,3.0,5.2,2.3" end
 wrk.method = "POST"
-wrk.body = '{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[6.7,3.0,5.2,2.3]}]}'
+wrk.body = string.format('{"inputs":[{"name":"input","shape":[%d,4],"datatype":"FP32","data":[%s]}]}',
+  rows, table.concat(data, ","))
 wrk.headers["Content-Type"] = "application/json"
 
 function done(summary, latency, requests)

@@ -348,11 +348,12 @@ bench_wrk() {
 
 BENCH_INFER_PATH=/inference.GRPCInferenceService/ModelInfer
 
-# The REST runs' request as a gRPC message (length-prefixed ModelInferRequest, 1×4 FP32 in
-# fp32_contents), one file per model: bench_grpc_bodies DIR MODEL... writes DIR/grpc-MODEL.bin.
+# The REST runs' request as a gRPC message (length-prefixed ModelInferRequest, BENCH_ROWS×4 FP32
+# in fp32_contents, one row by default), one file per model: bench_grpc_bodies DIR MODEL...
+# writes DIR/grpc-MODEL.bin.
 bench_grpc_bodies() {
     python3 - "$@" <<'PY'
-import struct, sys
+import os, struct, sys
 def varint(n):
     out = b""
     while True:
@@ -362,9 +363,10 @@ def varint(n):
         out += bytes([b | 0x80])
 def field(num, payload):  # length-delimited field
     return varint(num << 3 | 2) + varint(len(payload)) + payload
+rows = int(os.environ.get("BENCH_ROWS", "1"))
 for model in sys.argv[2:]:
-    contents = field(6, struct.pack("<4f", 6.7, 3.0, 5.2, 2.3))  # fp32_contents
-    tensor = field(1, b"input") + field(2, b"FP32") + field(3, varint(1) + varint(4)) + field(5, contents)
+    contents = field(6, struct.pack("<4f", 6.7, 3.0, 5.2, 2.3) * rows)  # fp32_contents
+    tensor = field(1, b"input") + field(2, b"FP32") + field(3, varint(rows) + varint(4)) + field(5, contents)
     message = field(1, model.encode()) + field(5, tensor)  # model_name, inputs
     with open(f"{sys.argv[1]}/grpc-{model}.bin", "wb") as f:
         f.write(b"\0" + struct.pack(">I", len(message)) + message)
