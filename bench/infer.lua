@@ -1,6 +1,6 @@
 -- wrk script for the data-plane benchmark: POSTs one V2 inference request (the model is in the
--- URL path given to wrk) of BENCH_ROWS rows (default 1) of one 4-feature FP32 row, and prints
--- one parseable line at the end:
+-- URL path given to wrk), a BENCH_ROWS×4 FP32 tensor (one row unless BENCH_ROWS says more), and
+-- prints one parseable line at the end:
 --   RESULT requests=N duration_us=N rps=X p50_us=X p99_us=X mean_us=X errors=N non2xx=N
 local rows = tonumber(os.getenv("BENCH_ROWS") or "1")
 local data = {}

@@ -8,6 +8,9 @@ BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${COSCALE_BIN:-$BENCH_ROOT/target/release/coscale}"
 BENCH_PIDS=()
 BENCH_TMP=""
+# Rows in each inference request of bench/infer.lua and bench_grpc_bodies: one, whatever the
+# environment says, unless a script sets it after sourcing this (bench/ab.sh --rows).
+export BENCH_ROWS=1
 
 bench_log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 bench_die() { bench_log "error: $*"; exit 1; }
@@ -339,8 +342,8 @@ EOF
 # --- load generators (each prints one line:
 #   RESULT requests=N duration_us=N rps=X p50_us=X p99_us=X mean_us=X errors=N non2xx=N) ---
 
-# V2 REST infer of MODEL at BASE_URL with wrk and bench/infer.lua (one 1×4 FP32 row), closed
-# loop, threads = min(conns, 2): bench_wrk BASE_URL MODEL CONNS SECONDS
+# V2 REST infer of MODEL at BASE_URL with wrk and bench/infer.lua (BENCH_ROWS×4 FP32, one row
+# by default), closed loop, threads = min(conns, 2): bench_wrk BASE_URL MODEL CONNS SECONDS
 bench_wrk() {
     wrk -t "$(($3 < 2 ? $3 : 2))" -c "$3" -d "${4}s" --timeout 5s -s "$BENCH_ROOT/bench/infer.lua" \
         "$1/v2/models/$2/infer" | grep '^RESULT'
