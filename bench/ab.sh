@@ -63,10 +63,15 @@ export BENCH_ROWS="$ROWS"
 [[ "$PROTOCOL" == rest || "$PROTOCOL" == grpc ]] || bench_die "--protocol wants rest or grpc, not '$PROTOCOL'"
 [[ -n "$OUT" ]] || OUT="$BENCH_ROOT/bench/results/ab-$(date +%Y%m%d-%H%M%S).md"
 
+# Which proxies the variants use (installed if missing, their versions in the report).
+USES_NGINX="" USES_HAPROXY=""
+[[ " ${VARIANTS[*]}" != *" nginx/"* ]] || USES_NGINX=1
+[[ " ${VARIANTS[*]}" != *" haproxy/"* ]] || USES_HAPROXY=1
+
 bench_init
 bench_need wrk wrk curl curl jq jq
-[[ " ${VARIANTS[*]}" != *" nginx/"* ]] || bench_need nginx nginx-light
-[[ " ${VARIANTS[*]}" != *" haproxy/"* ]] || bench_need haproxy haproxy
+[[ -z "$USES_NGINX" ]] || bench_need nginx nginx-light
+[[ -z "$USES_HAPROXY" ]] || bench_need haproxy haproxy
 [[ "$PROTOCOL" == rest ]] || bench_need h2load nghttp2-client python3 python3
 bench_build
 CLK_TCK="$(getconf CLK_TCK)"
@@ -182,8 +187,8 @@ report() {
         printf 'V2 gRPC ModelInfer of %s (%s×4 FP32), h2load %s (%s call(s) at a time per connection)' \
             "$MODEL" "$ROWS" "$(h2load --version | awk 'NR == 1 { print $2 }')" "$STREAMS"
     fi
-    [[ " ${VARIANTS[*]}" != *" nginx/"* ]] || printf '; nginx %s (1 worker, keepalive upstream)' "$(nginx -v 2>&1 | sed 's|.*/||')"
-    [[ " ${VARIANTS[*]}" != *" haproxy/"* ]] || printf '; HAProxy %s (TCP mode, 1 thread)' "$(haproxy -v | awk 'NR == 1 { print $3 }')"
+    [[ -z "$USES_NGINX" ]] || printf '; nginx %s (1 worker, keepalive upstream)' "$(nginx -v 2>&1 | sed 's|.*/||')"
+    [[ -z "$USES_HAPROXY" ]] || printf '; HAProxy %s (TCP mode, 1 thread)' "$(haproxy -v | awk 'NR == 1 { print $3 }')"
     printf ', %s connections, threads = min(conns, 2), %s s per run, %s rounds (every variant once per round, in this order); medians over the rounds, %% of %s taken per round. CLK_TCK %s.\n\n' \
         "$CONNS" "$DURATION" "$ROUNDS" "${NAMES[0]}" "$CLK_TCK"
     for v in "${VARIANTS[@]}"; do printf -- '- `%s`\n' "$v"; done

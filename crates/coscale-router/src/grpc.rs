@@ -149,7 +149,7 @@ enum Answer {
     /// The replica's answer as it came, and the replica's in-flight slot (released when the
     /// answer is dropped, after it is sent).
     Forwarded {
-        upstream: Box<Upstream>,
+        upstream: Box<Replied>,
         _slot: Picked,
     },
 }
@@ -312,7 +312,7 @@ async fn forward(
     upstreams: &Upstreams,
     parts: &http::request::Parts,
     body: &mut RecvStream,
-) -> Result<(Upstream, Picked), Named> {
+) -> Result<(Replied, Picked), Named> {
     let config = handle.config();
     let limit = config.grpc_max_message_bytes;
     let framed = match tokio::time::timeout(config.client_timeout, read_body(body, limit)).await {
@@ -462,14 +462,14 @@ fn frame(message: &[u8]) -> Bytes {
     framed.freeze()
 }
 
-/// A replica's answer, whole.
-struct Upstream {
+/// A replica's answer, whole, as it goes to the client (see [`replied`]).
+struct Replied {
     head: http::response::Parts,
     message: Bytes,
     trailers: Option<HeaderMap>,
 }
 
-impl Upstream {
+impl Replied {
     /// The answer's `grpc-status`: in the trailers, or in the head of a trailers-only answer.
     fn status(&self) -> Option<&HeaderValue> {
         self.trailers
@@ -493,7 +493,7 @@ async fn send(
     parts: &http::request::Parts,
     framed: &[u8],
     replica: &Replica,
-) -> Result<Upstream, Failure> {
+) -> Result<Replied, Failure> {
     let outgoing = Outgoing {
         request: upstream_call(parts, replica, framed),
         head_request: false,
@@ -529,7 +529,7 @@ fn upstream_call(parts: &http::request::Parts, replica: &Replica, framed: &[u8])
 /// The replica's HTTP/1.1 answer as an HTTP/2 one: its status, its fields but the hop-by-hop
 /// ones, its body, and its trailers. A field HTTP/2 cannot carry makes the answer
 /// [`Failure::Broken`].
-fn replied(answer: upstream::Answer) -> Result<Upstream, Failure> {
+fn replied(answer: upstream::Answer) -> Result<Replied, Failure> {
     let broken = |what: String| Failure::Broken(format!("the replica's answer {what}"));
     let status = StatusCode::from_u16(answer.head.status)
         .map_err(|_| broken(format!("has status {}", answer.head.status)))?;
@@ -567,7 +567,7 @@ fn replied(answer: upstream::Answer) -> Result<Upstream, Failure> {
                 .append(name, value);
         }
     }
-    let replied = Upstream {
+    let replied = Replied {
         head: head.into_parts().0,
         message: answer.body,
         trailers,
